@@ -1,0 +1,183 @@
+"""Building a training run from a resolved config: data, model, optimisers, precision, progress.
+
+`prepare` finds the dataset and tokenizer and loads what evaluation needs;
+`build_trainer` constructs the model (compiled and DDP-wrapped as the device
+allows), the optimisers, the token stream and the weight averager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from pgolf.accounting import predict_model_bytes
+from pgolf.attention import attention_backend_name
+from pgolf.averaging import WeightAverager
+from pgolf.config import RunConfig
+from pgolf.data.shards import find_tokenizer, list_shards, load_val_tokens, resolve_dataset_dir
+from pgolf.data.stream import TokenStream
+from pgolf.data.tokenizer import file_sha256
+from pgolf.distributed import DistInfo
+from pgolf.errors import PgolfError
+from pgolf.evaluate import evaluate
+from pgolf.metric import ByteTables, byte_tables_from_sentencepiece
+from pgolf.model import GPT, num_parameters
+from pgolf.optim import build_optimizers
+from pgolf.progress import progress_bar
+from pgolf.quant import SCHEMES
+
+DEFAULT_DATA_DIR = "data/datasets/fineweb10B_sp1024"
+
+
+@dataclass
+class RunData:
+    dataset_dir: Path
+    tokenizer_path: Path
+    tokenizer_sha256: str
+    tables: ByteTables
+    val_tokens: torch.Tensor  # (N,) int64, the whole val split
+    train_files: list[Path]
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    train_seconds: float = 0.0  # training time only: warm-up, validation and checkpoints excluded
+    train_tokens: int = 0
+
+
+@dataclass
+class Trainer:
+    config: RunConfig
+    dist: DistInfo
+    base_model: GPT
+    model: torch.nn.Module  # compiled and/or DDP-wrapped view of base_model
+    optimizers: list
+    stream: TokenStream
+    averager: WeightAverager
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    grad_accum_steps: int
+    quiet: bool = False
+    state: TrainState = field(default_factory=TrainState)
+
+
+def prepare(config: RunConfig) -> RunData:
+    """Locate the dataset and tokenizer; load the val split and byte tables. Errors say what is missing."""
+    data_dir = config.data_dir or DEFAULT_DATA_DIR
+    if not Path(data_dir).exists():
+        hint = ("run `pgolf data fetch --variant sp1024 --train-shards 80` (official FineWeb export) "
+                "or `pgolf data build --input FILE --out DIR --vocab-size 1024` and pass --data DIR")
+        raise PgolfError(f"dataset folder {data_dir} does not exist; {hint}")
+    dataset_dir = resolve_dataset_dir(data_dir)
+    tokenizer_path = Path(config.tokenizer_path) if config.tokenizer_path else find_tokenizer(dataset_dir)
+    tables = byte_tables_from_sentencepiece(tokenizer_path)
+    if len(tables.base_bytes) != config.model.vocab_size:
+        raise PgolfError(f"tokenizer {tokenizer_path} has {len(tables.base_bytes)} pieces but the model's "
+                         f"vocab_size is {config.model.vocab_size}; pass --set vocab_size=...")
+    train_files = list_shards(dataset_dir, "train")
+    if not train_files:
+        raise PgolfError(f"no train shards (fineweb_train_*.bin) in {dataset_dir}")
+    return RunData(dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
+                   tokenizer_sha256=file_sha256(tokenizer_path), tables=tables,
+                   val_tokens=load_val_tokens(dataset_dir), train_files=train_files)
+
+
+def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA and on CPU (AMX makes bf16 matmuls ~4x faster); fp32 when asked."""
+    if config.autocast_dtype == "fp32":
+        return None
+    return torch.bfloat16
+
+
+def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Callable:
+    if dtype is None:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def should_compile(config: RunConfig, device: torch.device) -> bool:
+    if config.compile == "auto":
+        return device.type == "cuda"
+    return config.compile == "on"
+
+
+def build_trainer(config: RunConfig, dist: DistInfo, run: RunData, quiet: bool = False) -> Trainer:
+    torch.manual_seed(config.seed)
+    base_model = GPT(config.model).to(dist.device)
+    model: torch.nn.Module = base_model
+    if should_compile(config, dist.device):
+        model = torch.compile(base_model, dynamic=False)
+    if dist.is_distributed:
+        model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                                        broadcast_buffers=False)
+    dtype = autocast_dtype(config, dist.device)
+    return Trainer(
+        config=config, dist=dist, base_model=base_model, model=model,
+        optimizers=build_optimizers(base_model, config, dist),
+        stream=TokenStream(run.train_files),
+        averager=WeightAverager(config),
+        autocast=autocast_context(dtype, dist.device),
+        grad_accum_steps=config.grad_accum_steps(dist.world_size),
+        quiet=quiet,
+    )
+
+
+def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
+    config = trainer.config
+    return {
+        "parameters": num_parameters(trainer.base_model),
+        "attention_backend": attention_backend_name(trainer.dist.device),
+        "grad_accum_steps": trainer.grad_accum_steps,
+        "autocast": "fp32" if autocast_dtype(config, trainer.dist.device) is None else "bf16",
+        "compiled": should_compile(config, trainer.dist.device),
+        "dataset": str(run.dataset_dir),
+        "train_shards": len(run.train_files),
+        "val_tokens": int(run.val_tokens.numel()),
+        "tokenizer_sha256": run.tokenizer_sha256[:16],
+        "predicted_model_bytes": predict_model_bytes(config.model, SCHEMES[config.quant_scheme]),
+    }
+
+
+def evaluation_model(trainer: Trainer) -> torch.nn.Module:
+    """The compiled model when there is one (evaluation shapes are fixed), never the DDP wrapper."""
+    model = trainer.model
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def validate(trainer: Trainer, run: RunData, max_tokens: int = 0, model: torch.nn.Module | None = None,
+             stride: int | None = None, desc: str = "val") -> dict[str, float]:
+    """Evaluate on the val split (or its first `max_tokens` tokens); returns val_loss, val_bpb and counts."""
+    config = trainer.config
+    tokens = run.val_tokens if max_tokens <= 0 else run.val_tokens[: max_tokens + 1]
+    stride = config.eval_seq_len if stride is None else stride
+    dtype = autocast_dtype(config, trainer.dist.device)
+    bar = None
+    if trainer.dist.is_main and not trainer.quiet:
+        bar = progress_bar(total=None, desc=desc, unit="window")
+    try:
+        def report(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+        result = evaluate(model if model is not None else evaluation_model(trainer), tokens, run.tables,
+                          seq_len=config.eval_seq_len, stride=stride, batch_seqs=config.eval_batch_seqs,
+                          dist=trainer.dist, autocast_dtype=dtype, progress=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"val_loss": result.loss, "val_bpb": result.bpb, "val_tokens_scored": result.tokens,
+            "val_bytes_scored": result.bytes, "eval_seconds": result.seconds}
+
+
+def training_progress(config: RunConfig, start_step: int, dist: DistInfo, quiet: bool):
+    if not dist.is_main or quiet:
+        return None
+    bar = progress_bar(total=config.iterations, desc="train", unit="step")
+    bar.update(start_step)
+    return bar

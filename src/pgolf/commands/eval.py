@@ -1,0 +1,91 @@
+"""`pgolf eval ARTIFACT --data DIR`: score an artifact with only the artifact, the tokenizer and the val shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from pgolf.errors import PgolfError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="score an artifact on the validation split",
+                                   description="Rebuild the model from a .pgolf artifact and evaluate it "
+                                               "(sliding window by default).")
+    parser.add_argument("artifact", help="a .pgolf file")
+    parser.add_argument("--data", required=True, help="dataset folder holding the val shards")
+    parser.add_argument("--tokenizer", help="SentencePiece model (default: the dataset's)")
+    parser.add_argument("--seq-len", type=int, default=2048, help="evaluation window (default 2048)")
+    parser.add_argument("--stride", type=int, default=64,
+                        help="sliding-window stride (default 64; equal to --seq-len for plain evaluation)")
+    parser.add_argument("--batch-seqs", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (0 = all)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pgolf.artifact import load_artifact
+    from pgolf.data.shards import find_tokenizer, load_val_tokens, resolve_dataset_dir
+    from pgolf.data.tokenizer import file_sha256
+    from pgolf.distributed import cleanup_distributed, init_distributed
+    from pgolf.evaluate import evaluate
+    from pgolf.metric import byte_tables_from_sentencepiece
+    from pgolf.model import GPT
+    from pgolf.progress import progress_bar
+
+    if args.stride < 1 or args.stride > args.seq_len:
+        raise PgolfError(f"--stride must be between 1 and --seq-len ({args.seq_len}), got {args.stride}")
+    loaded = load_artifact(Path(args.artifact))
+    dataset_dir = resolve_dataset_dir(args.data)
+    tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(dataset_dir)
+    recorded = loaded.meta.get("tokenizer_sha256")
+    actual = file_sha256(tokenizer_path)
+    if recorded and recorded != actual:
+        raise PgolfError(f"tokenizer {tokenizer_path} (sha256 {actual[:16]}...) is not the one this artifact was "
+                         f"trained with (sha256 {recorded[:16]}...); scores would be meaningless")
+    tables = byte_tables_from_sentencepiece(tokenizer_path)
+    val_tokens = load_val_tokens(dataset_dir)
+    if args.max_tokens > 0:
+        val_tokens = val_tokens[: args.max_tokens + 1]
+
+    dist = init_distributed(args.device)
+    try:
+        model = GPT(loaded.model_config).to(dist.device)
+        model.load_state_dict(loaded.state_dict, strict=True)
+        bar = None if (args.quiet or args.json or not dist.is_main) else progress_bar(total=None, desc="eval",
+                                                                                     unit="window")
+
+        def report(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        started = time.perf_counter()
+        result = evaluate(model, val_tokens, tables, seq_len=args.seq_len, stride=args.stride,
+                          batch_seqs=args.batch_seqs, dist=dist,
+                          autocast_dtype=None if args.fp32 else torch.bfloat16, progress=report)
+        wall = time.perf_counter() - started
+        if bar is not None:
+            bar.close()
+    finally:
+        cleanup_distributed()
+    report_fields = {
+        "artifact": str(args.artifact), "val_loss": result.loss, "val_bpb": result.bpb,
+        "tokens_scored": result.tokens, "bytes_scored": result.bytes, "seq_len": args.seq_len,
+        "stride": args.stride, "seconds": wall, "device": str(dist.device), "world_size": dist.world_size,
+    }
+    if dist.is_main:
+        if args.json:
+            print(json.dumps(report_fields, indent=2))
+        else:
+            for key, value in report_fields.items():
+                print(f"{key}:{value:.8f}" if isinstance(value, float) else f"{key}:{value}")
+    return 0

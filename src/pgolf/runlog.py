@@ -1,0 +1,102 @@
+"""A run's written record: the human log, metrics.jsonl, config.json, result.json.
+
+Only rank 0 writes. Log lines are grep-able `key:value` pairs; the log opens
+with a header (resolved config, versions, device, source hash) and closes
+with one exact final line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+import pgolf
+
+
+def source_hash() -> str:
+    """sha256 over the package's .py files (sorted paths and contents): which code produced a run."""
+    root = Path(pgolf.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def format_fields(fields: dict[str, Any]) -> str:
+    parts = []
+    for key, value in fields.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}" if abs(value) >= 1e-4 or value == 0 else f"{value:.3e}"
+        parts.append(f"{key}:{value}")
+    return " ".join(parts)
+
+
+class RunLog:
+    """Writes `train.log` and `metrics.jsonl` in RUN_DIR; echoes log lines to `stream` unless quiet."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool = True, stream: TextIO | None = None,
+                 echo: bool = True, resume_step: int | None = None):
+        self.enabled = enabled and run_dir is not None
+        self.stream = stream if stream is not None else sys.stdout
+        self.echo = echo
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._log = None
+        self._metrics = None
+        if self.enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                self._truncate_metrics(resume_step)
+            self._log = open(self.run_dir / "train.log", "a", buffering=1)
+            self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """On resume, drop metrics logged after the checkpoint so the file has no duplicates."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self._log.write(text + "\n")
+        if self.echo:
+            print(text, file=self.stream, flush=True)
+
+    def fields(self, **fields: Any) -> None:
+        self.line(format_fields(fields))
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self._metrics.write(json.dumps(record) + "\n")
+
+    def header(self, config_json: str, device: str, world_size: int, extra: dict[str, Any]) -> None:
+        self.line(f"pgolf:{pgolf.__version__} python:{platform.python_version()} torch:{torch.__version__} "
+                  f"device:{device} world_size:{world_size} source_sha256:{source_hash()[:16]} "
+                  f"started:{time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        self.fields(**extra)
+        for config_line in config_json.splitlines():
+            self.line(f"config {config_line}")
+
+    def close(self) -> None:
+        for handle in (self._log, self._metrics):
+            if handle is not None:
+                handle.close()
+        self._log = self._metrics = None
