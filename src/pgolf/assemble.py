@@ -22,7 +22,7 @@ from pgolf.averaging import WeightAverager
 from pgolf.config import RunConfig
 from pgolf.data.shards import find_tokenizer, list_shards, load_val_tokens, resolve_dataset_dir
 from pgolf.data.stream import TokenStream
-from pgolf.data.tokenizer import file_sha256
+from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
 from pgolf.evaluate import evaluate
@@ -84,7 +84,7 @@ def prepare(config: RunConfig) -> RunData:
     if not train_files:
         raise PgolfError(f"no train shards (fineweb_train_*.bin) in {dataset_dir}")
     return RunData(dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
-                   tokenizer_sha256=file_sha256(tokenizer_path), tables=tables,
+                   tokenizer_sha256=sha256_file(tokenizer_path), tables=tables,
                    val_tokens=load_val_tokens(dataset_dir), train_files=train_files)
 
 

@@ -32,7 +32,8 @@ def rebuild_from_artifact(path: Path, trainer: Trainer) -> torch.nn.Module:
     return model
 
 
-def finish_run(trainer: Trainer, run: RunData, run_dir: Path | None, log: RunLog, quiet: bool) -> dict[str, Any]:
+def finish_run(trainer: Trainer, run: RunData, run_dir: Path | None, log: RunLog,
+               code_path: Path | None = None) -> dict[str, Any]:
     config, dist, state = trainer.config, trainer.dist, trainer.state
     if trainer.averager.count > 0:
         trainer.averager.apply_to(trainer.base_model)
@@ -59,7 +60,7 @@ def finish_run(trainer: Trainer, run: RunData, run_dir: Path | None, log: RunLog
         log.fields(stage=f"roundtrip_sliding_stride{config.eval_stride}", **scored)
 
     bytes_model = artifact_path.stat().st_size
-    bytes_code = accounting.code_bytes()
+    bytes_code = Path(code_path).stat().st_size if code_path is not None else accounting.code_bytes()
     result = {
         "preset": config.preset,
         "seed": config.seed,

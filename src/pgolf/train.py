@@ -191,8 +191,12 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
 
 
 def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, quiet: bool = False,
-                 halt_at_step: int | None = None) -> dict[str, Any]:
-    """Train, average, quantise, round-trip and score. Returns the result dict (also `result.json`)."""
+                 halt_at_step: int | None = None, code_path: Path | None = None) -> dict[str, Any]:
+    """Train, average, quantise, round-trip and score. Returns the result dict (also `result.json`).
+
+    `code_path`: the single file whose bytes count as the code size (an exported train_gpt.py);
+    by default the package files listed in `pgolf.accounting` are counted.
+    `halt_at_step`: stop abruptly after that step, as a crash would (resume tests)."""
     config.validate()
     dist = init_distributed(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -222,6 +226,6 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
     if halt_at_step is not None and trainer.state.step >= halt_at_step and trainer.state.step < config.iterations:
         log.close()
         return {"halted_at_step": trainer.state.step}
-    result = finalize.finish_run(trainer, run, run_dir, log, quiet)
+    result = finalize.finish_run(trainer, run, run_dir, log, code_path)
     log.close()
     return result

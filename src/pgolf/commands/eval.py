@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pgolf.artifact import load_artifact
     from pgolf.data.shards import find_tokenizer, load_val_tokens, resolve_dataset_dir
-    from pgolf.data.tokenizer import file_sha256
+    from pgolf.data.tokenizer import sha256_file
     from pgolf.distributed import cleanup_distributed, init_distributed
     from pgolf.evaluate import evaluate
     from pgolf.metric import byte_tables_from_sentencepiece
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     dataset_dir = resolve_dataset_dir(args.data)
     tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(dataset_dir)
     recorded = loaded.meta.get("tokenizer_sha256")
-    actual = file_sha256(tokenizer_path)
+    actual = sha256_file(tokenizer_path)
     if recorded and recorded != actual:
         raise PgolfError(f"tokenizer {tokenizer_path} (sha256 {actual[:16]}...) is not the one this artifact was "
                          f"trained with (sha256 {recorded[:16]}...); scores would be meaningless")

@@ -1,0 +1,381 @@
+"""The `.pgolf` artifact: one self-describing, pickle-free file holding a quantised model.
+
+Layout (all integers little-endian):
+
+    b"PGOLF\\x00"            6 bytes, magic
+    format version          uint16
+    header length H         uint32
+    header                  H bytes of UTF-8 JSON (compact, sorted keys)
+    payload                 the compressed concatenation of every stored tensor part
+
+The header carries the model config, the quantisation scheme, the compressor and
+level, the tokenizer's sha256 and vocabulary size, the payload's sha256 and
+lengths, the pgolf version, and the tensor table: for every tensor its name,
+method, original shape and dtype, and for each stored part (values / scale /
+data) its dtype, shape, offset and length inside the decompressed payload.
+Tensor bytes are raw little-endian, in table order.
+
+Loading never unpickles anything: a file is read as bytes, checked (magic,
+version, lengths, JSON, checksum, table against payload) and only then decoded
+with `torch.frombuffer`. Every refusal is an `ArtifactError` naming the file
+and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import zstandard
+
+from pgolf import __version__
+from pgolf.config import ModelConfig, model_config_from_dict, model_config_to_dict
+from pgolf.errors import PgolfError
+from pgolf.quant import (
+    METHODS,
+    PartLayout,
+    QuantizedState,
+    QuantizedTensor,
+    Scheme,
+    dequantize_state_dict,
+    get_scheme,
+    quantize_state_dict,
+    stored_layout,
+)
+
+MAGIC = b"PGOLF\x00"
+FORMAT_VERSION = 1
+PREFIX = struct.Struct("<HI")  # format version, header length
+PREFIX_BYTES = len(MAGIC) + PREFIX.size
+
+# The only dtypes a file may name; strings from a file are never passed to getattr(torch, ...).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+    "int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
+    "int64": torch.int64, "bool": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+class ArtifactError(PgolfError):
+    """A file that is not a valid pgolf artifact; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------- compressors
+
+
+def _zstd_compress(data: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def _zstd_decompress(data: bytes, raw_bytes: int) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
+
+
+def _zlib_compress(data: bytes, level: int) -> bytes:
+    return zlib.compress(data, level)
+
+
+def _zlib_decompress(data: bytes, raw_bytes: int) -> bytes:
+    decompressor = zlib.decompressobj()
+    return decompressor.decompress(data, raw_bytes + 1)  # +1 so an over-long payload shows up as a length error
+
+
+# name -> (compress(data, level), decompress(data, expected_raw_bytes))
+COMPRESSORS: dict[str, tuple[Callable[[bytes, int], bytes], Callable[[bytes, int], bytes]]] = {
+    "zstd": (_zstd_compress, _zstd_decompress),
+    "zlib": (_zlib_compress, _zlib_decompress),
+}
+
+
+def compress(data: bytes, compressor: str, level: int) -> bytes:
+    if compressor not in COMPRESSORS:
+        raise PgolfError(f"unknown compressor {compressor!r}; known: {', '.join(sorted(COMPRESSORS))}")
+    return COMPRESSORS[compressor][0](data, level)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    path: Path
+    bytes_model: int  # the whole file: what counts against the budget
+    bytes_header: int  # magic + prefix + JSON header
+    bytes_payload_raw: int
+    bytes_payload_compressed: int
+    payload_sha256: str
+    scheme: str
+    compressor: str
+    level: int
+
+
+@dataclass
+class LoadedArtifact:
+    model_config: ModelConfig
+    state_dict: dict[str, torch.Tensor]  # dequantised, ready for GPT.load_state_dict
+    meta: dict[str, Any]  # the JSON header
+
+
+@dataclass
+class ArtifactContents:
+    """A checked artifact before dequantisation (what `pgolf inspect` looks at)."""
+
+    header: dict[str, Any]
+    quantized: QuantizedState
+    bytes_file: int
+    bytes_header: int
+
+
+# ---------------------------------------------------------------- writing
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """Raw little-endian bytes of a tensor, whatever its dtype (bf16 and bool included)."""
+    if sys.byteorder != "little":
+        raise PgolfError("pgolf artifacts are little-endian; writing them on a big-endian machine is not supported")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def table_row(name: str, method: str, shape, dtype: torch.dtype, parts: PartLayout, offset: int) -> tuple[list, int]:
+    """One tensor-table row, [name, method, shape, dtype, [[part, dtype, shape, offset, bytes], ...]],
+    and the offset after its parts."""
+    rows = []
+    for part, (part_shape, part_dtype) in parts.items():
+        length = math.prod(part_shape) * torch.empty((), dtype=part_dtype).element_size()
+        rows.append([part, DTYPE_NAMES[part_dtype], list(part_shape), offset, length])
+        offset += length
+    return [name, method, list(shape), DTYPE_NAMES[dtype], rows], offset
+
+
+def build_payload(quantized: QuantizedState) -> tuple[bytes, list]:
+    """Concatenate every stored part in table order; returns (raw payload, tensor table)."""
+    chunks: list[bytes] = []
+    table: list = []
+    offset = 0
+    for name, entry in quantized.tensors.items():
+        layout = {part: (tuple(tensor.shape), tensor.dtype) for part, tensor in entry.parts.items()}
+        row, offset = table_row(name, entry.method, entry.shape, entry.dtype, layout, offset)
+        table.append(row)
+        chunks.extend(tensor_bytes(tensor) for tensor in entry.parts.values())
+    raw = b"".join(chunks)
+    if len(raw) != offset:
+        raise PgolfError(f"internal error: payload has {len(raw)} bytes, table says {offset}")
+    return raw, table
+
+
+def build_header(model_config: ModelConfig, scheme: Scheme, tokenizer_sha256: str, vocab_size: int, table: list,
+                 payload_sha256: str, compressed_bytes: int, raw_bytes: int) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "pgolf_version": __version__,
+        "model_config": model_config_to_dict(model_config),
+        "scheme": scheme.name,
+        "compressor": scheme.compressor,
+        "level": scheme.level,
+        "tokenizer_sha256": tokenizer_sha256,
+        "vocab_size": int(vocab_size),
+        "payload": {"sha256": payload_sha256, "compressed_bytes": compressed_bytes, "raw_bytes": raw_bytes},
+        "tensors": table,
+    }
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _atomic_write(path: Path, chunks: list[bytes]) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it; nothing partial survives."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_artifact(path, model_config: ModelConfig, quantized: QuantizedState, tokenizer_sha256: str,
+                   vocab_size: int) -> ArtifactInfo:
+    """Serialise an already quantised state (see `quantize_state_dict`) into a `.pgolf` file."""
+    path = Path(path)
+    scheme = get_scheme(quantized.scheme)
+    raw, table = build_payload(quantized)
+    payload = compress(raw, scheme.compressor, scheme.level)
+    payload_sha256 = hashlib.sha256(payload).hexdigest()
+    header = build_header(model_config, scheme, tokenizer_sha256, vocab_size, table, payload_sha256, len(payload),
+                          len(raw))
+    header_bytes = encode_header(header)
+    prefix = MAGIC + PREFIX.pack(FORMAT_VERSION, len(header_bytes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, [prefix, header_bytes, payload])
+    return ArtifactInfo(
+        path=path,
+        bytes_model=path.stat().st_size,
+        bytes_header=len(prefix) + len(header_bytes),
+        bytes_payload_raw=len(raw),
+        bytes_payload_compressed=len(payload),
+        payload_sha256=payload_sha256,
+        scheme=scheme.name,
+        compressor=scheme.compressor,
+        level=scheme.level,
+    )
+
+
+def save_artifact(path, model_config: ModelConfig, state_dict: dict[str, torch.Tensor], scheme_name: str,
+                  tokenizer_sha256: str, vocab_size: int) -> ArtifactInfo:
+    """Quantise `state_dict` with the named scheme and write it as a `.pgolf` file (atomically)."""
+    return write_artifact(path, model_config, quantize_state_dict(state_dict, scheme_name), tokenizer_sha256,
+                          vocab_size)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _describe_foreign(head: bytes) -> str:
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (torch.save output?)"
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]", b"c"):
+        return "a pickle"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "a bare zstd stream"
+    return "unknown content"
+
+
+def _split_file(path: Path, blob: bytes) -> tuple[dict[str, Any], bytes, int]:
+    """Check magic, version and lengths; parse the header JSON. Returns (header, payload, header end)."""
+    if len(blob) < len(MAGIC) and MAGIC.startswith(blob):
+        raise ArtifactError(f"{path}: truncated artifact ({len(blob)} bytes)")
+    if not blob.startswith(MAGIC):
+        raise ArtifactError(f"{path}: not a pgolf artifact (no PGOLF magic; looks like {_describe_foreign(blob[:8])})")
+    if len(blob) < PREFIX_BYTES:
+        raise ArtifactError(f"{path}: truncated artifact ({len(blob)} bytes, shorter than the fixed prefix)")
+    version, header_length = PREFIX.unpack_from(blob, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: unknown artifact format version {version} (this pgolf reads {FORMAT_VERSION})")
+    header_end = PREFIX_BYTES + header_length
+    if len(blob) < header_end:
+        raise ArtifactError(f"{path}: truncated artifact (header needs {header_end} bytes, file has {len(blob)})")
+    try:
+        header = json.loads(blob[PREFIX_BYTES:header_end].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{path}: header JSON is invalid ({error})") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path}: header JSON is not an object")
+    for key in ("model_config", "scheme", "compressor", "level", "payload", "tensors", "tokenizer_sha256",
+                "vocab_size"):
+        if key not in header:
+            raise ArtifactError(f"{path}: header lacks {key!r}")
+    payload_info = header["payload"]
+    if not isinstance(payload_info, dict) or not all(
+            isinstance(payload_info.get(key), want) for key, want in
+            (("sha256", str), ("compressed_bytes", int), ("raw_bytes", int))):
+        raise ArtifactError(f"{path}: header 'payload' entry is malformed")
+    expected_size = header_end + payload_info["compressed_bytes"]
+    if len(blob) < expected_size:
+        raise ArtifactError(f"{path}: truncated artifact ({len(blob)} bytes, header promises {expected_size})")
+    if len(blob) > expected_size:
+        raise ArtifactError(f"{path}: {len(blob) - expected_size} unexpected bytes after the payload")
+    return header, blob[header_end:], header_end
+
+
+def _check_table(path: Path, table: Any, raw_bytes: int) -> list:
+    """Validate the tensor table against the methods' layouts and the payload length."""
+
+    def fail(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path}: tensor table inconsistent with payload: {problem}")
+
+    if not isinstance(table, list):
+        raise fail("'tensors' is not a list")
+    offset, seen = 0, set()
+    for row in table:
+        if not (isinstance(row, list) and len(row) == 5):
+            raise fail(f"malformed entry {str(row)[:80]}")
+        name, method, shape, dtype_name, parts = row
+        if not isinstance(name, str) or name in seen or "#" in name:
+            raise fail(f"bad or repeated tensor name {name!r}")
+        seen.add(name)
+        if method not in METHODS or dtype_name not in DTYPES:
+            raise fail(f"{name}: unknown method {method!r} or dtype {dtype_name!r}")
+        if not (isinstance(shape, list) and all(isinstance(size, int) and size >= 0 for size in shape)):
+            raise fail(f"{name}: bad shape {shape!r}")
+        layout = stored_layout(tuple(shape), DTYPES[dtype_name], method)
+        well_formed = isinstance(parts, list) and all(
+            isinstance(part, list) and len(part) == 5 and isinstance(part[3], int) and isinstance(part[4], int)
+            for part in parts)
+        if not well_formed or [part[0] for part in parts] != list(layout):
+            raise fail(f"{name}: parts {str(parts)[:120]} do not match method {method}")
+        for part_name, part_dtype, part_shape, part_offset, part_bytes in parts:
+            want_shape, want_dtype = layout[part_name]
+            if part_dtype != DTYPE_NAMES[want_dtype] or part_shape != list(want_shape):
+                raise fail(f"{name}#{part_name}: stored as {part_dtype} {part_shape}, method needs "
+                           f"{DTYPE_NAMES[want_dtype]} {list(want_shape)}")
+            itemsize = torch.empty((), dtype=want_dtype).element_size()
+            if part_offset != offset or part_bytes != math.prod(want_shape) * itemsize:
+                raise fail(f"{name}#{part_name}: offset {part_offset} / length {part_bytes} do not follow the "
+                           f"previous part (expected offset {offset}, length {math.prod(want_shape) * itemsize})")
+            offset += part_bytes
+    if offset != raw_bytes:
+        raise fail(f"parts cover {offset} bytes but the payload has {raw_bytes}")
+    return table
+
+
+def read_artifact(path) -> ArtifactContents:
+    """Read and check an artifact; returns its header and the stored (still quantised) tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such artifact file")
+    blob = path.read_bytes()
+    header, payload, header_end = _split_file(path, blob)
+    payload_info = header["payload"]
+    if hashlib.sha256(payload).hexdigest() != payload_info["sha256"]:
+        raise ArtifactError(f"{path}: payload checksum mismatch (the file is corrupt)")
+    if header["compressor"] not in COMPRESSORS:
+        raise ArtifactError(f"{path}: unknown compressor {header['compressor']!r}")
+    table = _check_table(path, header["tensors"], payload_info["raw_bytes"])
+    try:
+        raw = COMPRESSORS[header["compressor"]][1](payload, payload_info["raw_bytes"])
+    except (zstandard.ZstdError, zlib.error) as error:
+        raise ArtifactError(f"{path}: payload does not decompress ({error})") from None
+    if len(raw) != payload_info["raw_bytes"]:
+        raise ArtifactError(f"{path}: payload decompresses to {len(raw)} bytes, "
+                            f"header says {payload_info['raw_bytes']}")
+    buffer = bytearray(raw)
+    quantized = QuantizedState(scheme=str(header["scheme"]))
+    for name, method, shape, dtype_name, parts in table:
+        stored = {}
+        for part_name, part_dtype, part_shape, part_offset, part_bytes in parts:
+            dtype = DTYPES[part_dtype]
+            if part_bytes == 0:
+                stored[part_name] = torch.empty(part_shape, dtype=dtype)
+                continue
+            flat = torch.frombuffer(buffer, dtype=torch.uint8, count=part_bytes, offset=part_offset)
+            stored[part_name] = flat.view(dtype).reshape(part_shape).clone()
+        quantized.tensors[name] = QuantizedTensor(method=method, shape=tuple(shape), dtype=DTYPES[dtype_name],
+                                                  parts=stored)
+    return ArtifactContents(header=header, quantized=quantized, bytes_file=len(blob), bytes_header=header_end)
+
+
+def load_artifact(path) -> LoadedArtifact:
+    """Read, check and dequantise an artifact."""
+    contents = read_artifact(path)
+    try:
+        model_config = model_config_from_dict(contents.header["model_config"])
+    except (PgolfError, TypeError, AttributeError, ValueError) as error:
+        raise ArtifactError(f"{path}: bad model config in header ({error})") from None
+    return LoadedArtifact(model_config=model_config, state_dict=dequantize_state_dict(contents.quantized),
+                          meta=contents.header)

@@ -1,0 +1,145 @@
+"""`pgolf inspect ARTIFACT [--json]`: where the bytes of an artifact go.
+
+Per tensor and per category (attention, mlp, embedding, bigram, control): the
+elements, the storage method, the bytes stored before compression, the bytes
+after compression and the bits per parameter. To attribute compressed bytes,
+each tensor's stored parts are compressed on their own with the artifact's
+compressor; the sum differs a little from the real payload, which is compressed
+as one stream. Then the header facts and the budget: file bytes + code bytes
+against 16,000,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+CATEGORIES = ("attention", "mlp", "embedding", "bigram", "control")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("inspect", help="show where the bytes of a .pgolf artifact go",
+                                   description="Per-tensor and per-category sizes of a .pgolf artifact, "
+                                               "its header and the size budget.")
+    parser.add_argument("artifact", help="a .pgolf file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.set_defaults(func=run)
+
+
+def _bits_per_parameter(compressed_bytes: int, elements: int) -> float:
+    return 8.0 * compressed_bytes / elements if elements else 0.0
+
+
+def inspect_artifact(path: Path) -> dict[str, Any]:
+    """The whole report as a JSON-able dict (also what `--json` prints)."""
+    from pgolf import accounting
+    from pgolf.artifact import compress, read_artifact, tensor_bytes
+    from pgolf.errors import PgolfError
+    from pgolf.quant import tensor_summary
+
+    contents = read_artifact(path)
+    header = contents.header
+    tensors = []
+    for name, entry in contents.quantized.tensors.items():
+        row = tensor_summary(name, entry)
+        stored = b"".join(tensor_bytes(part) for part in entry.parts.values())
+        row["compressed_bytes"] = len(compress(stored, header["compressor"], header["level"])) if stored else 0
+        row["bits_per_parameter"] = _bits_per_parameter(row["compressed_bytes"], row["elements"])
+        tensors.append(row)
+
+    categories = {}
+    for category in CATEGORIES:
+        rows = [row for row in tensors if row["category"] == category]
+        elements = sum(row["elements"] for row in rows)
+        compressed = sum(row["compressed_bytes"] for row in rows)
+        categories[category] = {
+            "tensors": len(rows),
+            "methods": sorted({row["method"] for row in rows}),
+            "elements": elements,
+            "stored_bytes": sum(row["stored_bytes"] for row in rows),
+            "compressed_bytes": compressed,
+            "bits_per_parameter": _bits_per_parameter(compressed, elements),
+        }
+
+    try:
+        bytes_code: int | None = accounting.code_bytes()
+        code_note = f"{len(accounting.CODE_MODULES)} files listed in pgolf.accounting.CODE_MODULES"
+    except PgolfError as error:
+        bytes_code, code_note = None, str(error)
+    elements = sum(row["elements"] for row in tensors)
+    totals = {
+        "elements": elements,
+        "bytes_header": contents.bytes_header,
+        "bytes_payload_raw": header["payload"]["raw_bytes"],
+        "bytes_payload_compressed": header["payload"]["compressed_bytes"],
+        "bytes_tensors_compressed_separately": sum(row["compressed_bytes"] for row in tensors),
+        "bits_per_parameter_file": _bits_per_parameter(contents.bytes_file, elements),
+        "code_note": code_note,
+    }
+    if bytes_code is None:
+        totals.update(bytes_model=contents.bytes_file, bytes_code=None, bytes_total=None,
+                      bytes_budget=accounting.BUDGET_BYTES, bytes_headroom=None, fits=None)
+    else:
+        totals.update(accounting.size_report(contents.bytes_file, bytes_code))
+    facts = {key: header[key] for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
+                                          "tokenizer_sha256", "vocab_size", "model_config")}
+    facts["payload_sha256"] = header["payload"]["sha256"]
+    return {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
+
+
+def _table(rows: list[list[str]], right_aligned: set[int]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(width) if column in right_aligned else cell.ljust(width)
+                 for column, (cell, width) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    header, totals = report["header"], report["totals"]
+    tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param"]]
+    for row in report["tensors"]:
+        tensor_rows.append([row["name"], row["category"], row["method"], f"{row['elements']:,}",
+                            f"{row['stored_bytes']:,}", f"{row['compressed_bytes']:,}",
+                            f"{row['bits_per_parameter']:.3f}"])
+    category_rows = [["category", "tensors", "methods", "elements", "stored", "compressed", "bits/param"]]
+    for name, row in report["categories"].items():
+        category_rows.append([name, str(row["tensors"]), ",".join(row["methods"]) or "-", f"{row['elements']:,}",
+                              f"{row['stored_bytes']:,}", f"{row['compressed_bytes']:,}",
+                              f"{row['bits_per_parameter']:.3f}"])
+
+    def number(value) -> str:
+        return "unavailable" if value is None else f"{value:,}"
+
+    lines = [
+        f"artifact: {report['artifact']}",
+        f"format: {header['format_version']}  written by pgolf {header['pgolf_version']}",
+        f"scheme: {header['scheme']}  compressor: {header['compressor']} level {header['level']}",
+        f"tokenizer_sha256: {header['tokenizer_sha256']}  vocab_size: {header['vocab_size']}",
+        f"payload_sha256: {header['payload_sha256']}",
+        "model_config: " + json.dumps(header["model_config"], sort_keys=True),
+        "",
+        _table(tensor_rows, right_aligned={3, 4, 5, 6}),
+        "",
+        _table(category_rows, right_aligned={1, 3, 4, 5, 6}),
+        "",
+        f"parameters: {totals['elements']:,}",
+        f"bytes_header: {totals['bytes_header']:,}  payload raw: {totals['bytes_payload_raw']:,}  "
+        f"payload compressed: {totals['bytes_payload_compressed']:,}  "
+        f"(tensors compressed one by one: {totals['bytes_tensors_compressed_separately']:,})",
+        f"bytes_model: {totals['bytes_model']:,}  ({totals['bits_per_parameter_file']:.3f} bits/param)",
+        f"bytes_code: {number(totals['bytes_code'])}  ({totals['code_note']})",
+        f"bytes_total: {number(totals['bytes_total'])}  budget: {totals['bytes_budget']:,}  "
+        f"headroom: {number(totals['bytes_headroom'])}  fits: {totals['fits']}",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = inspect_artifact(Path(args.artifact))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0

@@ -1,0 +1,274 @@
+"""Corpus -> (optional tokenizer training) -> challenge shards + manifest.json.
+
+Inputs are `.txt` files (documents separated by blank lines, or one document
+per file) and `.jsonl` files (one object per line with a `text` field). Each
+document becomes `[bos] + encode(text)` (no eos, as in the official export);
+the first `val_docs` documents go to `fineweb_val_*.bin`, the rest to
+`fineweb_train_*.bin`, `tokens_per_shard` tokens per file. Documents stream
+through: they are read lazily, encoded in chunks (optionally by a process
+pool, order preserved) and shards are flushed as they fill, so memory stays
+bounded by one shard buffer per split.
+
+manifest.json follows the official export's shape: `tokenizers` and
+`datasets` lists, the dataset entry carrying `stats` (docs/files/tokens per
+split); the tokenizer entry carries `model_path` relative to the output folder
+and the model's sha256.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pgolf.data.shards import MANIFEST_NAME, list_shards, write_shard
+from pgolf.data.tokenizer import BOS_ID, EOS_ID, load_sentencepiece, sha256_file, train_sentencepiece
+from pgolf.errors import PgolfError
+
+DEFAULT_TOKENS_PER_SHARD = 100_000_000
+DOCS_PER_CHUNK = 256
+
+
+def iter_documents(paths: Iterable, one_doc_per_file: bool = False) -> Iterator[str]:
+    """Documents of every input file, in order, read lazily."""
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise PgolfError(f"input {path} not found")
+        if path.suffix == ".jsonl":
+            yield from _jsonl_documents(path)
+        elif path.suffix == ".txt":
+            if one_doc_per_file:
+                text = path.read_text(encoding="utf-8").strip("\n")
+                if text.strip():
+                    yield text
+            else:
+                yield from _blank_line_documents(path)
+        else:
+            raise PgolfError(f"input {path}: expected a .txt or .jsonl file")
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PgolfError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise PgolfError(f"{path}:{line_number}: expected an object with a string 'text' field")
+            yield record["text"]
+
+
+def _blank_line_documents(path: Path) -> Iterator[str]:
+    lines: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+            elif lines:
+                yield "\n".join(lines)
+                lines = []
+    if lines:
+        yield "\n".join(lines)
+
+
+# ---------------------------------------------------------------- encoding (possibly in worker processes)
+
+_worker_processor = None
+
+
+def _init_worker(model_path: str) -> None:
+    global _worker_processor
+    _worker_processor = load_sentencepiece(model_path)
+
+
+def _encode_chunk(documents: list[str]) -> list[np.ndarray]:
+    """[bos] + ids for each document, as uint16 arrays."""
+    encoded = _worker_processor.encode(documents)
+    return [np.asarray([BOS_ID, *ids], dtype=np.uint16) for ids in encoded]
+
+
+def _chunks(documents: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(itertools.islice(documents, size)):
+        yield chunk
+
+
+class _ShardWriter:
+    """Fills a fixed buffer (tokens_per_shard,) and writes `fineweb_{split}_NNNNNN.bin` each time it is full."""
+
+    def __init__(self, out_dir: Path, split: str, tokens_per_shard: int, log):
+        self.out_dir, self.split, self.log = out_dir, split, log
+        self.buffer = np.empty(tokens_per_shard, dtype=np.uint16)
+        self.fill = 0
+        self.num_files = 0
+        self.num_tokens = 0
+        self.num_docs = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        self.num_docs += 1
+        self.num_tokens += tokens.size
+        position = 0
+        while position < tokens.size:
+            step = min(self.buffer.size - self.fill, tokens.size - position)
+            self.buffer[self.fill:self.fill + step] = tokens[position:position + step]
+            self.fill += step
+            position += step
+            if self.fill == self.buffer.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill == 0:
+            return
+        path = self.out_dir / f"fineweb_{self.split}_{self.num_files:06d}.bin"
+        write_shard(path, self.buffer[:self.fill])
+        self.log(f"wrote {path.name}: {self.fill:,} tokens")
+        self.num_files += 1
+        self.fill = 0
+
+    def stats(self) -> dict:
+        return {f"docs_{self.split}": self.num_docs, f"files_{self.split}": self.num_files,
+                f"tokens_{self.split}": self.num_tokens}
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    manifest_path: Path
+    tokenizer_path: Path
+    stats: dict
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    existing = list_shards(out_dir, "train") + list_shards(out_dir, "val")
+    if (out_dir / MANIFEST_NAME).exists():
+        existing.append(out_dir / MANIFEST_NAME)
+    if existing and not overwrite:
+        raise PgolfError(f"{out_dir} already holds a dataset ({existing[0].name}); pass --overwrite or pick another --out")
+    for path in existing:
+        path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _install_tokenizer(tokenizer: Path | None, vocab_size: int | None, inputs, one_doc_per_file: bool,
+                       out_dir: Path, max_sample_bytes: int, log) -> Path:
+    if tokenizer is not None:
+        load_sentencepiece(tokenizer)  # fail early on a bad file
+        target = out_dir / tokenizer.name
+        if tokenizer.resolve() != target.resolve():
+            shutil.copyfile(tokenizer, target)
+            if tokenizer.with_suffix(".vocab").is_file():
+                shutil.copyfile(tokenizer.with_suffix(".vocab"), target.with_suffix(".vocab"))
+        return target
+    target = out_dir / f"tokenizer_{vocab_size}_bpe.model"
+    log(f"training a {vocab_size}-piece SentencePiece BPE tokenizer on up to {max_sample_bytes:,} bytes of text")
+    return train_sentencepiece(iter_documents(inputs, one_doc_per_file), target, vocab_size,
+                               max_sample_bytes=max_sample_bytes)
+
+
+def build_dataset(inputs: list, out_dir, *, tokenizer=None, vocab_size: int | None = None, val_docs: int = 50_000,
+                  tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD, one_doc_per_file: bool = False,
+                  workers: int = 1, max_sample_bytes: int = 200_000_000, overwrite: bool = False,
+                  progress: bool | None = None, log=print) -> BuildResult:
+    """Tokenise `inputs` into shards under `out_dir` and write its manifest.json."""
+    if (tokenizer is None) == (vocab_size is None):
+        raise PgolfError("give exactly one of --tokenizer MODEL or --vocab-size V")
+    if vocab_size is not None and not 260 < vocab_size <= 65536:
+        raise PgolfError(f"--vocab-size {vocab_size} must be above 260 (4 special + 256 byte pieces) and at most 65536")
+    if val_docs < 1 or tokens_per_shard < 1 or workers < 1:
+        raise PgolfError("--val-docs, --tokens-per-shard and --workers must be positive")
+    out_dir = Path(out_dir)
+    inputs = [Path(path) for path in inputs]
+    next(iter_documents(inputs, one_doc_per_file), None)  # validate the inputs before touching out_dir
+    _prepare_out_dir(out_dir, overwrite)
+    model_path = _install_tokenizer(Path(tokenizer) if tokenizer else None, vocab_size, inputs, one_doc_per_file,
+                                    out_dir, max_sample_bytes, log)
+    processor = load_sentencepiece(model_path)
+    if processor.get_piece_size() > 65536:
+        raise PgolfError(f"{model_path}: {processor.get_piece_size()} pieces do not fit uint16 shards")
+
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    writers = {split: _ShardWriter(out_dir, split, tokens_per_shard, log) for split in ("val", "train")}
+    chunks = _chunks(iter_documents(inputs, one_doc_per_file), DOCS_PER_CHUNK)
+    pool = get_context("spawn").Pool(workers, _init_worker, (str(model_path),)) if workers > 1 else None
+    try:
+        if pool is None:
+            _init_worker(str(model_path))
+            encoded_chunks = map(_encode_chunk, chunks)
+        else:
+            encoded_chunks = pool.imap(_encode_chunk, chunks)  # imap keeps document order
+        from tqdm import tqdm
+
+        with tqdm(unit="docs", desc="encoding", disable=not show_bar) as bar:
+            document_index = 0
+            for encoded in encoded_chunks:
+                for tokens in encoded:
+                    writer = writers["val"] if document_index < val_docs else writers["train"]
+                    if document_index == val_docs:
+                        writers["val"].flush()
+                    writer.add(tokens)
+                    document_index += 1
+                bar.update(len(encoded))
+    finally:
+        if pool is not None:
+            pool.terminate()
+    for writer in writers.values():
+        writer.flush()
+    if writers["train"].num_docs == 0:
+        raise PgolfError(f"the input holds only {writers['val'].num_docs} documents and --val-docs {val_docs} "
+                         "takes them all; lower --val-docs so some are left for training")
+
+    stats = {"docs_total": 0, "files_total": 0, "tokens_total": 0}
+    for writer in writers.values():
+        stats.update(writer.stats())
+    for key in ("docs", "files", "tokens"):
+        stats[f"{key}_total"] = stats[f"{key}_val"] + stats[f"{key}_train"]
+    manifest_path = write_manifest(out_dir, model_path, processor.get_piece_size(), stats, tokens_per_shard,
+                                   [str(path) for path in inputs])
+    log(f"dataset {out_dir}: {stats['docs_val']:,} val docs / {stats['tokens_val']:,} tokens, "
+        f"{stats['docs_train']:,} train docs / {stats['tokens_train']:,} tokens in {stats['files_train']} shard(s)")
+    return BuildResult(out_dir, manifest_path, model_path, stats)
+
+
+def write_manifest(out_dir: Path, model_path: Path, vocab_size: int, stats: dict, tokens_per_shard: int,
+                   sources: list[str]) -> Path:
+    tokenizer_name = model_path.stem
+    manifest = {
+        "format": "pgolf-dataset-1",
+        "shard_size": tokens_per_shard,
+        "append_eos": False,
+        "sources": sources,
+        "tokenizers": [{
+            "name": tokenizer_name,
+            "kind": "sentencepiece_bpe",
+            "vocab_size": vocab_size,
+            "bos_id": BOS_ID,
+            "eos_id": EOS_ID,
+            "model_path": model_path.name,
+            "sha256": sha256_file(model_path),
+        }],
+        "datasets": [{
+            "name": out_dir.name,
+            "tokenizer_name": tokenizer_name,
+            "path": ".",
+            "train_glob": "fineweb_train_*.bin",
+            "val_glob": "fineweb_val_*.bin",
+            "vocab_size": vocab_size,
+            "bos_id": BOS_ID,
+            "eos_id": EOS_ID,
+            "stats": stats,
+        }],
+    }
+    path = out_dir / MANIFEST_NAME
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path

@@ -1,0 +1,276 @@
+"""The PR-198 GPT: architecture only (no files, logging, distribution or env vars).
+
+    ids (B, T) -> tok_emb + BigramHash -> RMSNorm -> SmearGate = x0
+    -> num_layers blocks (U-Net skips between the first and second half)
+    -> RMSNorm -> tied output projection -> soft-cap -> logits (B, T, V)
+
+Block: x <- m0*x + m1*x0; x <- x + a*Attn(norm(x)); x <- x + b*MLP(norm(x)).
+Attention: GQA with per-head RMSNorm on q and k, rotary embeddings (NTK-aware
+base above the reference length) and a learned per-head gain on q.
+
+Initialisation (spec section 3): tied embedding normal(0, 0.005); every linear
+with both dimensions >= 64 orthogonal with gain 1; the attention and MLP output
+projections zero; the bigram projection (the other linear named `proj`)
+scaled by 1/sqrt(2*num_layers). A linear with a dimension below 64 (only in
+small test/tiny configs, e.g. a 32-wide bigram) keeps PyTorch's default
+Kaiming-uniform init; the bigram projection is still scaled so its relative
+size does not depend on which init it got.
+
+Precision: linear weights are fp32 parameters cast to the activation dtype at
+use (`CastedLinear`), so under bf16 autocast every matmul runs in bf16; the
+control tensors (scales, gates, mixes, skip weights, q gains) are fp32; the
+residual stream stays fp32; logits and the loss are fp32.
+
+With `document_isolation`, each position holding `bos_id` starts a new
+document: attention is block-diagonal causal, and SmearGate and BigramHash do
+not look across the boundary. Positions stay global; rotary attention depends
+only on position differences, so a document's logits do not depend on where it
+sits in the window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pgolf.attention import causal_attention
+from pgolf.config import ModelConfig
+
+# Multipliers of the bigram hash (spec section 3).
+BIGRAM_CUR_MULTIPLIER = 36313
+BIGRAM_PREV_MULTIPLIER = 27191
+ORTHOGONAL_MIN_DIM = 64
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm over the last dimension, no learned weight."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_base(base: float, seq_len: int, reference_len: int, head_dim: int) -> float:
+    """NTK-aware rotary base: unchanged up to `reference_len`, else base * (T/L0)^(d/(d-2))."""
+    if seq_len <= reference_len:
+        return base
+    return base * (seq_len / reference_len) ** (head_dim / (head_dim - 2))
+
+
+def bigram_hash(input_ids: torch.Tensor, num_buckets: int,
+                sequence_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Bucket index (B, T) int64 of each (previous, current) token pair.
+
+    hash = (36313*cur XOR 27191*prev) mod (num_buckets - 1); the last bucket,
+    num_buckets - 1, is reserved for positions with no previous token:
+    t = 0 and, when given, every position where `sequence_starts` (B, T) is True.
+    """
+    ids = input_ids.long()
+    index = torch.full_like(ids, num_buckets - 1)
+    pair_hash = torch.bitwise_xor(BIGRAM_CUR_MULTIPLIER * ids[:, 1:], BIGRAM_PREV_MULTIPLIER * ids[:, :-1])
+    index[:, 1:] = pair_hash % (num_buckets - 1)
+    if sequence_starts is not None:
+        index = torch.where(sequence_starts, torch.full_like(index, num_buckets - 1), index)
+    return index
+
+
+class CastedLinear(nn.Linear):
+    """Bias-free linear whose fp32 weight is cast to the input's dtype at use."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.zero_init = zero_init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class BigramHash(nn.Module):
+    """Hashed (previous, current) token-pair embedding, projected to the model width."""
+
+    def __init__(self, num_buckets: int, bigram_dim: int, model_dim: int, scale_init: float):
+        super().__init__()
+        self.num_buckets = num_buckets
+        self.table = nn.Embedding(num_buckets, bigram_dim)
+        self.proj = CastedLinear(bigram_dim, model_dim)
+        self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+
+    def forward(self, input_ids: torch.Tensor, sequence_starts: torch.Tensor | None) -> torch.Tensor:
+        features = self.table(bigram_hash(input_ids, self.num_buckets, sequence_starts))  # (B, T, bigram_dim)
+        return self.scale * self.proj(features)  # (B, T, model_dim)
+
+
+class SmearGate(nn.Module):
+    """x_t <- (1-s)*x_t + s*x_{t-1} with s = sigmoid(gate) per channel; x_{-1} = 0."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, sequence_starts: torch.Tensor | None) -> torch.Tensor:
+        previous = F.pad(x[:, :-1], (0, 0, 1, 0))  # (B, T, C), zero at t = 0
+        if sequence_starts is not None:
+            previous = previous.masked_fill(sequence_starts[:, :, None], 0.0)
+        s = torch.sigmoid(self.gate).to(x.dtype)
+        return (1 - s) * x + s * previous
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary embeddings, cached per (T, device, dtype) outside the state_dict."""
+
+    def __init__(self, head_dim: int, base: float, reference_len: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self.reference_len = reference_len
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            # Inside a compiled graph the tables are computed (and folded) in-graph; touching the
+            # Python cache would add a guard on it and force a recompile once it fills.
+            return self._tables(seq_len, device, dtype)
+        key = (seq_len, device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self._tables(seq_len, device, dtype)
+        return self._cache[key]
+
+    def _tables(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        base = rotary_base(self.base, seq_len, self.reference_len, self.head_dim)
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device) / self.head_dim
+        inverse_frequency = base ** -exponents  # (D/2,)
+        positions = torch.arange(seq_len, dtype=torch.float64, device=device)
+        angles = torch.outer(positions, inverse_frequency)  # (T, D/2)
+        # (1, T, 1, D/2): broadcasts over batch and heads in the (B, T, H, D) layout.
+        return angles.cos()[None, :, None].to(dtype), angles.sin()[None, :, None].to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + D/2]) of x (B, T, H, D) by the position's angle."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        kv_dim = config.num_kv_heads * config.head_dim
+        self.c_q = CastedLinear(config.model_dim, config.model_dim)
+        self.c_k = CastedLinear(config.model_dim, kv_dim)
+        self.c_v = CastedLinear(config.model_dim, kv_dim)
+        self.proj = CastedLinear(config.model_dim, config.model_dim, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                document_ids: torch.Tensor | None) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = self.c_q(x).view(batch, length, self.num_heads, self.head_dim)
+        k = self.c_k(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        v = self.c_v(x).view(batch, length, self.num_kv_heads, self.head_dim)
+        q = apply_rotary(rms_norm(q), cos, sin) * self.q_gain[None, None, :, None]
+        k = apply_rotary(rms_norm(k), cos, sin)
+        # Norm and gain may promote to fp32 under autocast; the kernels want one dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        y = causal_attention(q, k, v, document_ids)  # (B, T, H, D)
+        return self.proj(y.reshape(batch, length, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = CastedLinear(config.model_dim, config.mlp_hidden)
+        self.proj = CastedLinear(config.mlp_hidden, config.model_dim, zero_init=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dim = config.model_dim
+        self.attn = CausalSelfAttention(config)
+        self.mlp = MLP(config)
+        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        # Row 0 scales the running stream, row 1 mixes the block input x0 back in.
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]).float())
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                document_ids: torch.Tensor | None) -> torch.Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x), cos, sin, document_ids)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        dim = config.model_dim
+        self.tok_emb = nn.Embedding(config.vocab_size, dim)
+        self.bigram = (BigramHash(config.bigram_buckets, config.bigram_dim, dim, config.bigram_scale_init)
+                       if config.bigram_buckets > 0 else None)
+        self.smear = SmearGate(dim) if config.smear_gate else None
+        num_skips = min(config.num_encoder_layers, config.num_decoder_layers)
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, dim, dtype=torch.float32))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.rotary = Rotary(config.head_dim, config.rope_base, config.rope_reference_len)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.tied_embed_init_std)
+        for module in self.modules():
+            if not isinstance(module, CastedLinear):
+                continue
+            if module.zero_init:
+                nn.init.zeros_(module.weight)
+            elif min(module.weight.shape) >= ORTHOGONAL_MIN_DIM:
+                nn.init.orthogonal_(module.weight, gain=1.0)
+            # else: nn.Linear's default Kaiming-uniform init, already applied.
+        if self.bigram is not None:
+            nn.init.zeros_(self.bigram.table.weight)
+            self.bigram.proj.weight.mul_(1.0 / math.sqrt(2 * self.config.num_layers))
+
+    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy (fp32 scalar) if `target_ids` (B, T) is given, else fp32 logits (B, T, V)."""
+        config = self.config
+        sequence_starts = document_ids = None
+        if config.document_isolation:
+            sequence_starts = input_ids == config.bos_id  # (B, T)
+            document_ids = sequence_starts.cumsum(dim=1)  # (B, T), non-decreasing
+        x = self.tok_emb(input_ids)  # (B, T, C) fp32
+        if self.bigram is not None:
+            x = x + self.bigram(input_ids, sequence_starts)
+        x = rms_norm(x)
+        if self.smear is not None:
+            x = self.smear(x, sequence_starts)
+        x0 = x
+        cos, sin = self.rotary(input_ids.shape[1], x.device, torch.float32)
+        saved: list[torch.Tensor] = []
+        for index, block in enumerate(self.blocks):
+            decoder_index = index - config.num_encoder_layers
+            if decoder_index >= 0 and saved:
+                # Last in, first out: decoder block j gets encoder block (num_encoder - 1 - j).
+                x = x + self.skip_weights[decoder_index].to(x.dtype) * saved.pop()
+            x = block(x, x0, cos, sin, document_ids)
+            if decoder_index < 0:
+                saved.append(x)
+        x = rms_norm(x)
+        logits = F.linear(x, self.tok_emb.weight.to(x.dtype)).float()  # (B, T, V)
+        logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
+        if target_ids is None:
+            return logits
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids.reshape(-1))
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Total number of parameter elements (tied weights counted once)."""
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,161 @@
+"""Submission packaging: turn one or more finished run folders (seeds) into a records folder.
+
+The folder holds what the challenge expects: a generated README.md, a
+submission.json, every seed's training log, the artifact of the best seed,
+and (when the export module is available) the standalone `train_gpt.py`
+whose byte size is the counted code size.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pgolf.accounting import BUDGET_BYTES
+from pgolf.errors import PgolfError
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_dir: Path
+    config: dict[str, Any]
+    result: dict[str, Any]
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    for name in ("config.json", "result.json"):
+        if not (run_dir / name).is_file():
+            raise PgolfError(f"{run_dir} is not a finished run: {name} is missing")
+    return RunRecord(run_dir, json.loads((run_dir / "config.json").read_text()),
+                     json.loads((run_dir / "result.json").read_text()))
+
+
+def config_differences(first: dict[str, Any], other: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ, ignoring the seed and where the data lives."""
+    ignored = {"seed", "data_dir", "tokenizer_path"}
+    names = []
+    for key in sorted(set(first) | set(other)):
+        if not prefix and key in ignored:
+            continue
+        left, right = first.get(key), other.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            names += config_differences(left, right, prefix=f"{prefix}{key}.")
+        elif left != right:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def check_same_recipe(runs: list[RunRecord]) -> None:
+    reference = runs[0]
+    for run in runs[1:]:
+        differences = config_differences(reference.config, run.config)
+        if differences:
+            raise PgolfError(f"{run.run_dir} differs from {reference.run_dir} in more than the seed: "
+                             f"{', '.join(differences)}")
+    seeds = [run.config.get("seed") for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise PgolfError(f"runs repeat a seed ({seeds}); each run of a set must use its own seed")
+
+
+def seed_statistics(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "count": len(values)}
+
+
+def summarise(runs: list[RunRecord], bytes_code: int) -> dict[str, Any]:
+    bpbs = [run.result["val_bpb"] for run in runs]
+    best = min(runs, key=lambda run: run.result["val_bpb"])
+    bytes_model = best.result["bytes_model"]
+    return {
+        "val_bpb": statistics.fmean(bpbs),
+        "val_loss": statistics.fmean(run.result["val_loss"] for run in runs),
+        "pre_quant_val_bpb": statistics.fmean(run.result["val_bpb_prequant"] for run in runs),
+        "bytes_model": bytes_model,
+        "bytes_code": bytes_code,
+        "bytes_total": bytes_model + bytes_code,
+        "val_bpb_seeds": {str(run.config.get("seed")): run.result["val_bpb"] for run in runs},
+        "val_bpb_stats": seed_statistics(bpbs),
+        "best_run": best,
+    }
+
+
+def readme_text(name: str, blurb: str, summary: dict[str, Any], runs: list[RunRecord]) -> str:
+    best = summary["best_run"]
+    config = best.config
+    model = config["model"]
+    lines = [
+        f"# {name}",
+        "",
+        blurb,
+        "",
+        "## Result",
+        "",
+        f"- val_bpb (sliding window, stride {config['eval_stride']}, after the quantisation round trip): "
+        f"**{summary['val_bpb']:.5f}**" + (f" (mean of {len(runs)} seeds)" if len(runs) > 1 else ""),
+        f"- pre-quantisation val_bpb: {summary['pre_quant_val_bpb']:.5f}",
+        f"- artifact: {summary['bytes_total']:,} bytes = {summary['bytes_model']:,} model + "
+        f"{summary['bytes_code']:,} code (budget {BUDGET_BYTES:,})",
+        "",
+        "| seed | val_bpb | val_loss | steps | train seconds | bytes_total |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        result = run.result
+        lines.append(f"| {run.config.get('seed')} | {result['val_bpb']:.5f} | {result['val_loss']:.5f} | "
+                     f"{result['steps']} | {result['train_seconds']:.1f} | {result['bytes_total']:,} |")
+    if len(runs) > 1:
+        stats = summary["val_bpb_stats"]
+        lines.append(f"\nAcross seeds: mean {stats['mean']:.5f}, standard deviation {stats['std']:.5f}.")
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        f"Preset `{config['preset']}`: {model['num_layers']} layers, width {model['model_dim']}, "
+        f"{model['num_heads']} heads / {model['num_kv_heads']} KV heads, MLP {model['mlp_mult']}x, vocabulary "
+        f"{model['vocab_size']}; {config['global_batch_tokens']:,} tokens per step at sequence length "
+        f"{config['train_seq_len']}; quantisation scheme `{config['quant_scheme']}`.",
+        "The full resolved configuration is in `config.json`; produced with pgolf (`pgolf train`, `pgolf submit`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str, github_id: str,
+                     blurb: str = "", code_file: Path | None = None) -> dict[str, Any]:
+    """Check, then write the records folder. `code_file` (an exported train_gpt.py) sets the code bytes."""
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    check_same_recipe(runs)
+    bytes_code = code_file.stat().st_size if code_file is not None else runs[0].result["bytes_code"]
+    summary = summarise(runs, bytes_code)
+    if summary["bytes_total"] > BUDGET_BYTES:
+        raise PgolfError(f"artifact is over budget: {summary['bytes_total']:,} bytes "
+                         f"({summary['bytes_model']:,} model + {bytes_code:,} code) > {BUDGET_BYTES:,}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best = summary.pop("best_run")
+    shutil.copyfile(best.run_dir / best.result.get("artifact", "model.pgolf"), out_dir / "model.pgolf")
+    (out_dir / "config.json").write_text(json.dumps(best.config, indent=2, sort_keys=True) + "\n")
+    for run in runs:
+        log = run.run_dir / "train.log"
+        if log.is_file():
+            shutil.copyfile(log, out_dir / f"train_seed{run.config.get('seed')}.log")
+    if code_file is not None and code_file.resolve() != (out_dir / code_file.name).resolve():
+        shutil.copyfile(code_file, out_dir / code_file.name)
+    submission = {
+        "author": author, "github_id": github_id, "name": name, "blurb": blurb,
+        "date": datetime.date.today().isoformat(),
+        "val_loss": summary["val_loss"], "val_bpb": summary["val_bpb"],
+        "pre_quant_val_bpb": summary["pre_quant_val_bpb"],
+        "bytes_total": summary["bytes_total"], "bytes_model": summary["bytes_model"],
+        "bytes_code": summary["bytes_code"],
+        "val_bpb_seeds": summary["val_bpb_seeds"], "val_bpb_std": summary["val_bpb_stats"]["std"],
+    }
+    (out_dir / "submission.json").write_text(json.dumps(submission, indent=2) + "\n")
+    (out_dir / "README.md").write_text(readme_text(name, blurb, {**summary, "best_run": best}, runs))
+    return submission

@@ -1,0 +1,345 @@
+"""Parameter groups, Muon against plain-math references and torch.optim.Muon, optimiser set-up, 2-process Muon."""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from pgolf.config import RunConfig
+from pgolf.distributed import DistInfo
+from pgolf.errors import PgolfError
+from pgolf.optim import Muon, build_optimizers, orthogonalize, parameter_groups, set_learning_rate, \
+    set_muon_momentum
+
+COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+# ---------------------------------------------------------------- a stand-in with the GPT's parameter names
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.c_q, self.c_k, self.c_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q_gain = nn.Parameter(torch.full((heads,), 1.5))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(3 * dim, dim, bias=False)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.attn, self.mlp = Attention(dim, 2), MLP(dim)
+        self.attn_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # 2-D yet a control
+
+
+class Bigram(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.table = nn.Embedding(16, 4)
+        self.proj = nn.Linear(4, dim, bias=False)
+        self.scale = nn.Parameter(torch.tensor(0.05))
+
+
+class Smear(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+
+class FakeGPT(nn.Module):
+    def __init__(self, dim: int = 8, num_layers: int = 2):
+        super().__init__()
+        self.tok_emb = nn.Embedding(32, dim)
+        self.bigram, self.smear = Bigram(dim), Smear(dim)
+        self.blocks = nn.ModuleList(Block(dim) for _ in range(num_layers))
+        self.skip_weights = nn.Parameter(torch.ones(num_layers // 2, dim))  # 2-D control tensor
+
+
+def test_parameter_groups_cover_every_parameter_exactly_once():
+    model = FakeGPT()
+    groups = parameter_groups(model)
+    names = {group: {name for name, _ in members} for group, members in groups.items()}
+    assert names["embed"] == {"tok_emb.weight", "bigram.table.weight"}
+    assert names["matrix"] == {"bigram.proj.weight"} | {
+        f"blocks.{i}.{leaf}.weight" for i in range(2)
+        for leaf in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert names["scalar"] == {"bigram.scale", "smear.gate", "skip_weights"} | {
+        f"blocks.{i}.{leaf}" for i in range(2) for leaf in ("attn.q_gain", "attn_scale", "mlp_scale", "resid_mix")}
+    all_names = [name for members in groups.values() for name, _ in members]
+    assert sorted(all_names) == sorted(name for name, _ in model.named_parameters())
+    assert len(all_names) == len(set(all_names))
+
+
+def test_stray_matrix_outside_the_table_raises():
+    model = FakeGPT()
+    model.head = nn.Linear(8, 32, bias=False)
+    with pytest.raises(PgolfError, match="head.weight"):
+        parameter_groups(model)
+
+
+def test_stray_three_dimensional_parameter_raises():
+    model = FakeGPT()
+    model.blocks[0].odd = nn.Parameter(torch.zeros(2, 2, 2))
+    with pytest.raises(PgolfError, match="blocks.0.odd"):
+        parameter_groups(model)
+
+
+def test_unknown_vector_is_a_scalar():
+    model = FakeGPT()
+    model.blocks[1].norm_weight = nn.Parameter(torch.ones(8))
+    assert "blocks.1.norm_weight" in {name for name, _ in parameter_groups(model)["scalar"]}
+
+
+# ---------------------------------------------------------------- Muon against references
+
+
+def float64_newton_schulz(matrix: torch.Tensor, steps: int) -> torch.Tensor:
+    """The iteration in exact-ish arithmetic: normalise by (Frobenius + 1e-7), transpose tall matrices."""
+    a, b, c = COEFFICIENTS
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.double().T if tall else matrix.double()
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def reference_muon(params, gradients_per_step, lr, momentum, weight_decay, steps, float64=False):
+    """Plain-math Muon on copies of `params`; returns the final parameters.
+
+    float64=False uses pgolf's bf16 `orthogonalize` (checked on its own below) so that the
+    momentum, Nesterov, shape scaling and weight decay can be compared to rounding level.
+    """
+    params = [p.detach().clone().double() if float64 else p.detach().clone() for p in params]
+    buffers = [torch.zeros_like(p) for p in params]
+    for gradients in gradients_per_step:
+        for p, g, buffer in zip(params, gradients, buffers):
+            g = g.to(p.dtype)
+            buffer.copy_(momentum * buffer + g)
+            update = g + momentum * buffer
+            rows, cols = p.shape
+            scale = math.sqrt(max(1.0, rows / cols))
+            if float64:
+                orthogonal = float64_newton_schulz(update, steps) * scale
+            else:
+                orthogonal = orthogonalize(update, steps) * scale  # bf16 product, as the recipe rounds it
+            p.copy_(p * (1 - lr * weight_decay) - lr * orthogonal.to(p.dtype))
+    return params
+
+
+def make_problem(seed: int = 0, num_steps: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(16, 8), (8, 24), (12, 12)]  # tall, wide, square
+    params = [nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    gradients = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(num_steps)]
+    return params, gradients
+
+
+def run_optimizer(optimizer, params, gradients_per_step):
+    for gradients in gradients_per_step:
+        for p, g in zip(params, gradients):
+            p.grad = g.clone()
+        optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_muon_matches_plain_reference():
+    params, gradients = make_problem()
+    expected = reference_muon(params, gradients, lr=0.05, momentum=0.9, weight_decay=0.1, steps=5)
+    ours = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(32, 16), (16, 48), (24, 24)])
+def test_orthogonalize_close_to_float64_iteration(shape):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    ours = orthogonalize(matrix, 5)
+    assert ours.dtype == torch.bfloat16 and ours.shape == shape
+    exact = float64_newton_schulz(matrix, 5)
+    assert (ours.double() - exact).norm() / exact.norm() < 0.04  # bf16 rounding, measured about 0.015
+    if shape[0] != shape[1]:  # a random square matrix has near-zero singular values 5 steps cannot lift
+        singular = torch.linalg.svdvals(ours.float())
+        assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+def test_muon_close_to_float64_mathematics():
+    params, gradients = make_problem(seed=1)
+    start = [p.detach().clone() for p in params]
+    exact = reference_muon(params, gradients, lr=0.05, momentum=0.9, weight_decay=0.1, steps=5, float64=True)
+    ours = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)
+    for got, want, initial in zip(ours, exact, start):
+        moved = (want - initial.double()).norm()
+        assert (got.double() - want).norm() / moved < 0.04
+
+
+def test_weight_decay_is_decoupled():
+    # a zero gradient orthogonalises to zero: only the decay p * (1 - lr * wd) remains
+    parameter = nn.Parameter(torch.randn(6, 4))
+    start = parameter.detach().clone()
+    optimizer = Muon([parameter], lr=0.1, momentum=0.9, weight_decay=0.5)
+    parameter.grad = torch.zeros(6, 4)
+    optimizer.step()
+    torch.testing.assert_close(parameter.detach(), start * (1 - 0.1 * 0.5), atol=0, rtol=0)
+    # the step does not depend on the gradient's scale (1024 is exact in bf16), decay included
+    results = []
+    for scale in (1.0, 1024.0):
+        parameter = nn.Parameter(start.clone())
+        optimizer = Muon([parameter], lr=0.1, momentum=0.9, weight_decay=0.5)
+        parameter.grad = scale * torch.linspace(-1, 1, 24).reshape(6, 4)
+        optimizer.step()
+        results.append(parameter.detach().clone())
+    torch.testing.assert_close(results[0], results[1], atol=1e-7, rtol=0)
+
+
+def test_against_torch_optim_muon():
+    """Momentum 0, wide/square matrices: torch.optim.Muon and ours take bit-identical steps.
+    With momentum its EMA feeds the iteration (1-m) times our input, so bf16 rounding differs."""
+    generator = torch.Generator().manual_seed(4)
+    shapes = [(8, 24), (12, 12)]
+    params = [nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    gradients = [[torch.randn(shape, generator=generator) for shape in shapes]]
+    start = [p.detach().clone() for p in params]
+    ours = run_optimizer(Muon(params, lr=0.05, momentum=0.0, ns_steps=5, weight_decay=0.1), params, gradients)
+    for p, s in zip(params, start):
+        p.data.copy_(s)
+    theirs = run_optimizer(torch.optim.Muon(params, lr=0.05, momentum=0.0, weight_decay=0.1, ns_steps=5,
+                                            adjust_lr_fn="original"), params, gradients)
+    for got, want in zip(ours, theirs):
+        assert torch.equal(got, want)
+
+    params, gradients = make_problem(seed=2)
+    start = [p.detach().clone() for p in params]
+    ours = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)
+    for p, s in zip(params, start):
+        p.data.copy_(s)
+    theirs = run_optimizer(torch.optim.Muon(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1,
+                                            ns_steps=5, adjust_lr_fn="original"), params, gradients)
+    for got, want, initial in zip(ours, theirs, start):
+        assert not torch.equal(got, want)
+        assert (got - want).norm() / (want - initial).norm() < 0.04
+
+
+# ---------------------------------------------------------------- the recipe's set-up
+
+
+def test_build_optimizers_groups_and_rates():
+    config = replace(RunConfig(), matrix_lr=0.025, embed_lr=0.035, scalar_lr=0.02, muon_momentum=0.99,
+                     muon_weight_decay=0.04, adam_weight_decay=0.03, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8)
+    model = FakeGPT()
+    muon, adam = build_optimizers(model, config, DistInfo())
+    assert isinstance(muon, Muon) and isinstance(adam, torch.optim.AdamW)
+    groups = parameter_groups(model)
+    assert {id(p) for p in muon.param_groups[0]["params"]} == {id(p) for _, p in groups["matrix"]}
+    embed, scalar = adam.param_groups
+    assert {id(p) for p in embed["params"]} == {id(p) for _, p in groups["embed"]}
+    assert {id(p) for p in scalar["params"]} == {id(p) for _, p in groups["scalar"]}
+    assert (muon.param_groups[0]["lr"], embed["lr"], scalar["lr"]) == (0.025, 0.035, 0.02)
+    assert muon.param_groups[0]["weight_decay"] == 0.04 and muon.param_groups[0]["momentum"] == 0.99
+    assert embed["betas"] == (0.9, 0.95) and embed["eps"] == 1e-8 and embed["weight_decay"] == 0.03
+    assert not adam.defaults["fused"]
+
+    set_learning_rate([muon, adam], 0.5)
+    assert [g["lr"] for g in muon.param_groups + adam.param_groups] == [0.0125, 0.0175, 0.01]
+    set_learning_rate([muon, adam], 1.0)
+    assert [g["lr"] for g in muon.param_groups + adam.param_groups] == [0.025, 0.035, 0.02]
+    set_muon_momentum([muon, adam], 0.93)
+    assert muon.param_groups[0]["momentum"] == 0.93 and "momentum" not in embed
+
+
+def test_optimizers_train_a_tiny_problem():
+    model = FakeGPT()
+    optimizers = build_optimizers(model, RunConfig(), DistInfo())
+    inputs = torch.randint(0, 32, (4, 6), generator=torch.Generator().manual_seed(0))
+
+    def loss_fn():
+        x = model.tok_emb(inputs)
+        for block in model.blocks:
+            x = x + block.attn.proj(block.attn.c_q(x)) * block.attn_scale
+            x = x + block.mlp.proj(torch.relu(block.mlp.fc(x))) * block.mlp_scale
+        return (x @ model.tok_emb.weight.T).log_softmax(-1).gather(-1, inputs[..., None]).neg().mean()
+
+    first = loss_fn().item()
+    for _ in range(10):
+        loss_fn().backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    assert loss_fn().item() < first
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def muon_worker(rank: int, port: int, result_path: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        params, gradients = make_problem(seed=5)
+        optimizer = Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1,
+                         dist=DistInfo(rank=rank, world_size=2))
+        final = run_optimizer(optimizer, params, gradients)
+        if rank == 1:  # rank 1 orthogonalised only matrix 1, yet holds all updated matrices
+            torch.save([t.contiguous() for t in final], result_path)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_two_process_muon_equals_single_process(tmp_path):
+    result_path = tmp_path / "rank1.pt"
+    mp.spawn(muon_worker, args=(free_port(), str(result_path)), nprocs=2, join=True)
+    distributed = torch.load(result_path, weights_only=True)
+    params, gradients = make_problem(seed=5)
+    single = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)
+    for got, want in zip(distributed, single):
+        assert torch.equal(got, want)
+
+
+# ---------------------------------------------------------------- with the real model
+
+
+def test_groups_and_training_steps_on_pgolf_gpt():
+    from pgolf.config import ModelConfig
+    from pgolf.model import GPT
+
+    model_config = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2,
+                               bigram_buckets=16, bigram_dim=8)
+    torch.manual_seed(0)
+    model = GPT(model_config)
+    groups = parameter_groups(model)
+    assert len(groups["matrix"]) == 2 * 6 + 1 and len(groups["embed"]) == 2
+    assert all(p.ndim == 2 for _, p in groups["matrix"])
+    optimizers = build_optimizers(model, replace(RunConfig(model=model_config), matrix_lr=0.02), DistInfo())
+    inputs = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    targets = torch.roll(inputs, -1, dims=1)
+    with torch.no_grad():
+        first = model(inputs, targets).item()
+    for _ in range(5):
+        model(inputs, targets).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        assert model(inputs, targets).item() < first

@@ -1,0 +1,150 @@
+"""The training run end to end on tiny shapes: result files, resume, DDP equivalence, guards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pgolf import train as train_module
+from pgolf.cli import main
+from pgolf.config import apply_overrides, tiny
+from pgolf.data.shards import list_shards, read_shard
+from pgolf.train import NonFiniteLossError, run_training
+
+TEST_SETTINGS = [
+    "vocab_size=384", "num_layers=2", "model_dim=64", "num_heads=4", "num_kv_heads=2", "bigram_buckets=64",
+    "bigram_dim=16", "rope_reference_len=32", "train_seq_len=32", "global_batch_tokens=256",
+    "micro_batch_tokens=256", "eval_seq_len=32", "eval_stride=8", "eval_batch_seqs=8", "val_max_tokens=512",
+    "autocast_dtype=fp32", "compile=off", "warmup_steps=2", "log_every=1", "swa_every=2", "warmdown_steps=4",
+    "muon_momentum_warmup_steps=4",
+]
+
+
+def small_config(dataset_dir: Path, *extra: str):
+    return apply_overrides(tiny(), TEST_SETTINGS + [f"data_dir={dataset_dir}", *extra])
+
+
+def read_losses(run_dir: Path) -> dict[int, float]:
+    losses = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train_loss" in record:
+            losses[record["step"]] = record["train_loss"]
+    return losses
+
+
+def test_run_writes_every_file_and_the_full_report(tiny_dataset_dir, tmp_path):
+    config = small_config(tiny_dataset_dir, "iterations=6", "val_every=3")
+    result = run_training(config, tmp_path / "run", quiet=True)
+    run_dir = tmp_path / "run"
+    for name in ("config.json", "train.log", "metrics.jsonl", "result.json", "model.pgolf", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    for key in ("val_bpb", "val_loss", "val_bpb_roundtrip_plain", "val_bpb_prequant", "bytes_model", "bytes_code",
+                "bytes_total", "steps", "train_seconds", "train_tokens"):
+        assert key in result
+    assert result["steps"] == 6 and result["train_tokens"] == 6 * 256
+    assert result["bytes_total"] == result["bytes_model"] + result["bytes_code"]
+    assert result["bytes_model"] == (run_dir / "model.pgolf").stat().st_size
+    assert json.loads((run_dir / "result.json").read_text()) == pytest.approx(result)
+    log = (run_dir / "train.log").read_text()
+    assert "final_roundtrip_exact" in log.splitlines()[-1]
+    assert "step:6/6" in log
+    assert sorted(read_losses(run_dir)) == list(range(1, 7))
+    # every val target scored exactly once by the sliding evaluation
+    val_tokens = sum(read_shard(path).size for path in list_shards(tiny_dataset_dir, "val"))
+    assert result["val_tokens_scored"] == val_tokens - 1
+
+
+def test_resume_after_a_crash_ends_with_identical_weights(tiny_dataset_dir, tmp_path):
+    config = small_config(tiny_dataset_dir, "iterations=8", "checkpoint_every=3", "val_every=0")
+    run_training(config, tmp_path / "straight", quiet=True)
+    halted = run_training(config, tmp_path / "crashed", quiet=True, halt_at_step=5)
+    assert halted == {"halted_at_step": 5}
+    assert json.loads((tmp_path / "crashed" / "checkpoint" / "meta.json").read_text())["step"] == 3
+    run_training(config, tmp_path / "crashed", resume=True, quiet=True)
+    assert read_losses(tmp_path / "crashed") == read_losses(tmp_path / "straight")
+    # identical weights give a byte-identical artifact (the compression is deterministic)
+    assert (tmp_path / "crashed" / "model.pgolf").read_bytes() == (tmp_path / "straight" / "model.pgolf").read_bytes()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_dir, tmp_path, monkeypatch):
+    real_step = train_module.train_step
+    calls = {"count": 0}
+
+    def failing_step(trainer):
+        loss = real_step(trainer)
+        calls["count"] += 1
+        return loss * float("nan") if trainer.state.step >= 4 else loss
+
+    monkeypatch.setattr(train_module, "train_step", failing_step)
+    config = small_config(tiny_dataset_dir, "iterations=10", "checkpoint_every=2", "val_every=0", "warmup_steps=0")
+    with pytest.raises(NonFiniteLossError, match="step 5"):
+        run_training(config, tmp_path / "run", quiet=True)
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 4
+
+
+def test_two_gloo_processes_match_one_process_with_accumulation(tiny_dataset_dir, tmp_path):
+    settings = TEST_SETTINGS + [f"data_dir={tiny_dataset_dir}", "micro_batch_tokens=128", "iterations=4",
+                                "val_every=0", "warmup_steps=0"]
+    args = ["train", "--preset", "tiny", "--quiet"] + [item for s in settings for item in ("--set", s)]
+    assert main(args + ["--out", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    completed = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pgolf"] + args
+                               + ["--out", str(tmp_path / "pair")], env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single, pair = read_losses(tmp_path / "single"), read_losses(tmp_path / "pair")
+    assert sorted(single) == sorted(pair) == [1, 2, 3, 4]
+    for step in single:
+        assert pair[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6)
+    single_result = json.loads((tmp_path / "single" / "result.json").read_text())
+    pair_result = json.loads((tmp_path / "pair" / "result.json").read_text())
+    assert pair_result["world_size"] == 2 and single_result["world_size"] == 1
+    assert pair_result["val_bpb"] == pytest.approx(single_result["val_bpb"], rel=1e-4)
+
+
+def unigram_entropy_nats(dataset_dir: Path) -> float:
+    tokens = np.concatenate([np.asarray(read_shard(path)) for path in list_shards(dataset_dir, "train")])
+    counts = np.bincount(tokens).astype(np.float64)
+    probabilities = counts[counts > 0] / counts.sum()
+    return float(-(probabilities * np.log(probabilities)).sum())
+
+
+@pytest.mark.slow
+def test_tiny_preset_learns_well_below_the_unigram_entropy(tiny_dataset_dir, tmp_path):
+    config = apply_overrides(tiny(), [f"data_dir={tiny_dataset_dir}", "vocab_size=384", "iterations=150",
+                                      "val_every=0", "log_every=10", "compile=off"])
+    result = run_training(config, tmp_path / "run", quiet=True)
+    entropy = unigram_entropy_nats(tiny_dataset_dir)
+    assert result["val_loss_prequant"] < 0.8 * entropy, (result["val_loss_prequant"], entropy)
+    assert math.isfinite(result["val_bpb"])
+
+
+def test_dry_run_prints_the_exact_pr198_parameter_count(capsys):
+    assert main(["train", "--preset", "pr198", "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    assert "parameters:26829913" in output
+    assert '"global_batch_tokens": 786432' in output
+
+
+def test_missing_dataset_is_one_line_naming_the_fetch_command(tmp_path, capsys):
+    assert main(["train", "--preset", "pr198", "--data", str(tmp_path / "nowhere")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "pgolf data fetch" in error and "nowhere" in error
+
+
+def test_torch_threads_are_untouched_by_a_run(tiny_dataset_dir, tmp_path):
+    before = torch.get_num_threads()
+    run_training(small_config(tiny_dataset_dir, "iterations=1", "val_every=0", "swa_enabled=false"),
+                 tmp_path / "run", quiet=True)
+    assert torch.get_num_threads() == before
