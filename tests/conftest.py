@@ -17,10 +17,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pgolf.data.build import build_dataset
 from pgolf.data.synthetic import synthetic_documents, write_jsonl
 from pgolf.data.tokenizer import train_sentencepiece
+
+# One intra-op thread: the tests use tiny tensors (threads buy little) and some spawn two processes,
+# where 2 x 2 spinning OpenMP threads on 2 cores slow everything down many times over.
+torch.set_num_threads(1)
 
 TINY_VOCAB_SIZE = 384
 TINY_VAL_DOCS = 40

@@ -25,7 +25,7 @@ from pgolf.data.stream import TokenStream
 from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
-from pgolf.evaluate import evaluate
+from pgolf.evaluate import evaluate, truncate_val_tokens
 from pgolf.metric import ByteTables, byte_tables_from_sentencepiece
 from pgolf.model import GPT, num_parameters
 from pgolf.optim import build_optimizers
@@ -41,7 +41,7 @@ class RunData:
     tokenizer_path: Path
     tokenizer_sha256: str
     tables: ByteTables
-    val_tokens: torch.Tensor  # (N,) int64, the whole val split
+    val_tokens: torch.Tensor  # (N,) int64: the val split cut to a multiple of eval_seq_len plus one token
     train_files: list[Path]
 
 
@@ -85,7 +85,8 @@ def prepare(config: RunConfig) -> RunData:
         raise PgolfError(f"no train shards (fineweb_train_*.bin) in {dataset_dir}")
     return RunData(dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
                    tokenizer_sha256=sha256_file(tokenizer_path), tables=tables,
-                   val_tokens=load_val_tokens(dataset_dir), train_files=train_files)
+                   val_tokens=truncate_val_tokens(load_val_tokens(dataset_dir), config.eval_seq_len),
+                   train_files=train_files)
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:

@@ -103,7 +103,11 @@ def write_curves(run_dir: Path, log: RunLog) -> None:
     """curves.png next to metrics.jsonl; a failed plot never fails a finished run."""
     try:
         from pgolf.plot import plot_run
-
+    except ModuleNotFoundError as error:
+        if error.name in ("pgolf.plot", "matplotlib"):
+            return  # an exported single-file script ships without plotting
+        raise
+    try:
         plot_run(run_dir)
     except Exception as error:  # plotting is a convenience, the numbers are already written
         log.fields(curves_error=repr(error))

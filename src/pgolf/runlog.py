@@ -23,6 +23,8 @@ import pgolf
 
 def source_hash() -> str:
     """sha256 over the package's .py files (sorted paths and contents): which code produced a run."""
+    if Path(pgolf.__file__).name != "__init__.py":  # an exported train_gpt.py: the code is that one file
+        return hashlib.sha256(Path(pgolf.__file__).read_bytes()).hexdigest()
     root = Path(pgolf.__file__).parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):

@@ -147,6 +147,9 @@ def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str
             shutil.copyfile(log, out_dir / f"train_seed{run.config.get('seed')}.log")
     if code_file is not None and code_file.resolve() != (out_dir / code_file.name).resolve():
         shutil.copyfile(code_file, out_dir / code_file.name)
+        requirements = code_file.with_name("requirements.txt")
+        if requirements.is_file():
+            shutil.copyfile(requirements, out_dir / requirements.name)
     submission = {
         "author": author, "github_id": github_id, "name": name, "blurb": blurb,
         "date": datetime.date.today().isoformat(),

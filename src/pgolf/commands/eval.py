@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pgolf.data.shards import find_tokenizer, load_val_tokens, resolve_dataset_dir
     from pgolf.data.tokenizer import sha256_file
     from pgolf.distributed import cleanup_distributed, init_distributed
-    from pgolf.evaluate import evaluate
+    from pgolf.evaluate import evaluate, truncate_val_tokens
     from pgolf.metric import byte_tables_from_sentencepiece
     from pgolf.model import GPT
     from pgolf.progress import progress_bar
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise PgolfError(f"tokenizer {tokenizer_path} (sha256 {actual[:16]}...) is not the one this artifact was "
                          f"trained with (sha256 {recorded[:16]}...); scores would be meaningless")
     tables = byte_tables_from_sentencepiece(tokenizer_path)
-    val_tokens = load_val_tokens(dataset_dir)
+    val_tokens = truncate_val_tokens(load_val_tokens(dataset_dir), args.seq_len)
     if args.max_tokens > 0:
         val_tokens = val_tokens[: args.max_tokens + 1]
 
@@ -77,10 +77,16 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     finally:
         cleanup_distributed()
+    from pgolf.verify.eval_budget import predict_eval_seconds
+    from pgolf.verify.split_checks import OFFICIAL_SP1024_VAL_TOKENS
+
     report_fields = {
         "artifact": str(args.artifact), "val_loss": result.loss, "val_bpb": result.bpb,
         "tokens_scored": result.tokens, "bytes_scored": result.bytes, "seq_len": args.seq_len,
         "stride": args.stride, "seconds": wall, "device": str(dist.device), "world_size": dist.world_size,
+        # the official split, scored the same way, predicted from the reference's measured eval pace
+        "predicted_seconds_8xh100_full_val": predict_eval_seconds(loaded.model_config, OFFICIAL_SP1024_VAL_TOKENS,
+                                                                  args.seq_len, args.stride),
     }
     if dist.is_main:
         if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 
@@ -27,13 +28,15 @@ def run(args: argparse.Namespace) -> int:
     from pgolf.submit import write_submission
 
     out_dir = Path(args.out or Path("records") / args.name.replace(" ", "_"))
-    code_file = None
-    if not args.no_export:
-        from pgolf.export import export_script
+    with tempfile.TemporaryDirectory(prefix="pgolf-export-") as staging:
+        code_file = None
+        if not args.no_export:
+            from pgolf.export import export_script
 
-        code_file = export_script(Path(args.run_dirs[0]), out_dir, compact=True)
-    submission = write_submission([Path(d) for d in args.run_dirs], out_dir, args.name, args.author,
-                                  args.github_id, args.blurb, code_file=code_file)
+            # exported into a staging folder: a refused submission leaves nothing behind
+            code_file = export_script(Path(args.run_dirs[0]), Path(staging), compact=True)
+        submission = write_submission([Path(d) for d in args.run_dirs], out_dir, args.name, args.author,
+                                      args.github_id, args.blurb, code_file=code_file)
     print(json.dumps(submission, indent=2))
     print(f"records folder: {out_dir}")
     return 0

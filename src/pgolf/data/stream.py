@@ -23,6 +23,11 @@ class TokenStream:
         self.files = [Path(path) for path in files]
         if not self.files:
             raise PgolfError("no training shards given; run `pgolf data fetch` or `pgolf data build`")
+        for path in self.files:
+            # the validation split is opened only by the evaluation path, never trained on
+            if "_val_" in path.name or not path.name.startswith("fineweb_train_"):
+                raise PgolfError(f"{path} is not a training shard (fineweb_train_*.bin); "
+                                 "the training stream never reads the validation split")
         self.counts = [validate_shard(path) for path in self.files]
         if sum(self.counts) == 0:
             raise PgolfError(f"training shards {self.files[0].parent} hold no tokens")

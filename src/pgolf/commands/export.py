@@ -1,0 +1,31 @@
+"""`pgolf export RUN_DIR_OR_PRESET --out DIR [--compact]`: write the challenge's single-file train_gpt.py."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="generate a self-contained train_gpt.py for the challenge",
+                                   description="Bundle the pgolf modules the training path needs and the resolved "
+                                               "config into DIR/train_gpt.py (run with torchrun or python; reads "
+                                               "DATA_PATH, TOKENIZER_PATH, RUN_ID, SEED, MAX_WALLCLOCK_SECONDS, "
+                                               "ITERATIONS) and write DIR/requirements.txt beside it.")
+    parser.add_argument("source", metavar="RUN_DIR_OR_PRESET",
+                        help="a run folder (its config.json) or a preset name (pr198, baseline, tiny)")
+    parser.add_argument("--out", required=True, help="folder to write train_gpt.py and requirements.txt into")
+    parser.add_argument("--compact", action="store_true",
+                        help="strip docstrings and comments and compress into a self-extracting script")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (repeatable), as in `pgolf train`")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgolf.export import export_script
+
+    script = export_script(args.source, Path(args.out), compact=args.compact, overrides=args.overrides)
+    print(f"wrote {script} ({script.stat().st_size} bytes of code{', compact' if args.compact else ''})")
+    print(f"wrote {script.parent / 'requirements.txt'}")
+    return 0
