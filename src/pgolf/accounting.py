@@ -91,20 +91,28 @@ def _module_file(root: Path, module: str) -> str | None:
     return None
 
 
-def _imported_files(root: Path, relative: str) -> set[str]:
-    """Package files one source file imports (its parents' __init__.py included)."""
-    tree = ast.parse((root / relative).read_bytes(), filename=relative)
-    package = ["pgolf", *relative.split("/")[:-1]]
-    modules: set[str] = set()
+def imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:
+    """Every dotted name an import statement anywhere in `tree` may load, relative imports resolved.
+    `from a import b` yields both `a` and `a.b` (b may be a submodule)."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            modules.add(base)
-            modules.update(f"{base}.{alias.name}" for alias in node.names)  # `from pgolf import quant`
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _imported_files(root: Path, relative: str) -> set[str]:
+    """Package files one source file imports (its parents' __init__.py included)."""
+    tree = ast.parse((root / relative).read_bytes(), filename=relative)
+    modules = imported_names(tree, "pgolf." + relative.removesuffix(".py").replace("/", "."), is_package=False)
     found: set[str] = set()
     for module in modules:
         if module != "pgolf" and not module.startswith("pgolf."):

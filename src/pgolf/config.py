@@ -66,6 +66,10 @@ class ModelConfig:
             raise PgolfError(f"vocab_size {self.vocab_size} does not fit uint16 shards")
 
 
+RUNTIME_CHOICES = {"autocast_dtype": ("auto", "bf16", "fp32"), "compile": ("auto", "on", "off"),
+                   "device": ("auto", "cpu", "cuda")}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -128,11 +132,13 @@ class RunConfig:
             )
         if not 0 < self.eval_stride <= self.eval_seq_len:
             raise PgolfError(f"eval_stride must be in 1..eval_seq_len, got {self.eval_stride}")
-        for name in ("autocast_dtype", "compile", "device"):
-            allowed = {"autocast_dtype": ("auto", "bf16", "fp32"), "compile": ("auto", "on", "off"),
-                       "device": ("auto", "cpu", "cuda")}[name]
+        for name, allowed in RUNTIME_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise PgolfError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        from pgolf.quant import SCHEMES  # late: quant imports this module
+
+        if self.quant_scheme not in SCHEMES:
+            raise PgolfError(f"quant_scheme must be one of {sorted(SCHEMES)}, got {self.quant_scheme!r}")
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-steps per optimiser step for this many processes (global batch stays fixed)."""

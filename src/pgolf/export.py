@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pgolf import __version__
+from pgolf.accounting import imported_names
 from pgolf.config import PRESETS, RunConfig, apply_overrides, get_preset, run_config_from_dict, run_config_to_dict
 from pgolf.errors import PgolfError
 
@@ -58,24 +59,6 @@ def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
         if candidate is not None and candidate.is_file():
             return candidate
     return None
-
-
-def imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """Every dotted name an import statement anywhere in `tree` may load, relative imports resolved.
-    `from a import b` yields both `a` and `a.b` (b may be a submodule)."""
-    package = module.split(".") if is_package else module.split(".")[:-1]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package[: len(package) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
 
 
 def bundled_modules(entries: Iterable[str] = ENTRY_MODULES, root: Path = PACKAGE_ROOT,

@@ -143,7 +143,8 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
     tokens_per_step = config.global_batch_tokens
     last_log_time, last_log_tokens = state.train_seconds, state.train_tokens
     synchronize = torch.cuda.synchronize if dist.device.type == "cuda" else (lambda: None)
-    while state.step < config.iterations and not should_stop_for_time(trainer):
+    stop_for_time = should_stop_for_time(trainer)
+    while state.step < config.iterations and not stop_for_time:
         multiplier = lr_multiplier(state.step, state.train_seconds, config)
         set_learning_rate(trainer.optimizers, multiplier)
         set_muon_momentum(trainer.optimizers, muon_momentum(state.step, config))
@@ -155,8 +156,10 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
         state.step += 1
         state.train_tokens += tokens_per_step
         trainer.averager.maybe_add(trainer.base_model, state.step, multiplier)
+        stop_for_time = should_stop_for_time(trainer)  # a collective: every rank decides alike
 
-        is_log_step = state.step % config.log_every == 0 or state.step == config.iterations
+        is_last_step = stop_for_time or state.step == config.iterations
+        is_log_step = state.step % config.log_every == 0 or is_last_step
         is_checkpoint_step = run_dir is not None and config.checkpoint_every > 0 \
             and state.step % config.checkpoint_every == 0
         if is_log_step or is_checkpoint_step:
@@ -180,7 +183,7 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
                            train_time=f"{state.train_seconds:.1f}s", tokens_per_second=round(tokens_per_second))
         if progress is not None:
             progress.update(1)
-        if config.val_every > 0 and state.step % config.val_every == 0 and state.step < config.iterations:
+        if config.val_every > 0 and state.step % config.val_every == 0 and not is_last_step:
             result = validate(state.step)
             log.metrics({"step": state.step, "train_tokens": state.train_tokens, **result})
             log.fields(step=state.step, **result)

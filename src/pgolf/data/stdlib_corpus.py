@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from pgolf.data.tokenizer import sha256_file
 from pgolf.errors import PgolfError
 
 # Folder names skipped anywhere below the stdlib root: test suites, third-party
@@ -192,14 +193,6 @@ def write_jsonl(path: str | os.PathLike, documents: Iterable[str]) -> tuple[int,
     return count, text_bytes
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_stdlib_corpus(path: str | os.PathLike, max_bytes: int | None = None,
                         min_chars: int = DEFAULT_MIN_CHARS,
                         root: str | os.PathLike | None = None) -> CorpusInfo:
@@ -211,4 +204,4 @@ def write_stdlib_corpus(path: str | os.PathLike, max_bytes: int | None = None,
     count, text_bytes = write_jsonl(path, documents)
     path = Path(path)
     return CorpusInfo(path=path, documents=count, bytes=text_bytes, file_bytes=path.stat().st_size,
-                      sha256=file_sha256(path), python_version=platform.python_version())
+                      sha256=sha256_file(path), python_version=platform.python_version())
