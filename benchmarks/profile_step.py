@@ -1,0 +1,81 @@
+"""Profile training steps with torch.profiler and print which operators dominate.
+
+    PYTHONPATH=src python benchmarks/profile_step.py --preset pr198 --micro-batch 1 --seq-len 2048 \
+        --variant bf16 --steps 2 [--threads 2] [--rows 25]
+
+Builds the same `Trainer` `pgolf bench train` times (synthetic tokens), runs one
+unprofiled step, then profiles `--steps` steps and prints the operator table
+sorted by self CPU time (self CUDA time on a GPU), plus the share of the step
+spent in the optimisers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from pgolf import bench
+from pgolf.config import apply_overrides, get_preset
+from pgolf.distributed import resolve_device
+from pgolf.train import train_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="pr198")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--micro-batch", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--variant", default="bf16")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    bench.configure_threads(args.threads)
+    device = resolve_device(args.device)
+    config = apply_overrides(get_preset(args.preset), args.overrides)
+    variant = bench.parse_variants(args.variant)[0]
+    run_config = bench.bench_run_config(config, variant, args.micro_batch, args.seq_len, args.grad_accum, device)
+    with tempfile.TemporaryDirectory() as folder:
+        tokens = (args.steps + 2) * args.grad_accum * (args.micro_batch * args.seq_len + 1) + 1
+        shard = bench.write_synthetic_shard(Path(folder), config.model.vocab_size, tokens)
+        trainer = bench.build_bench_trainer(run_config, device, shard)
+        train_step(trainer)  # warm-up (compilation, allocator)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        optimizers = trainer.optimizers
+        original_steps = [optimizer.step for optimizer in optimizers]
+
+        def labelled(step, name):
+            def wrapper(*a, **k):
+                with record_function(name):
+                    return step(*a, **k)
+            return wrapper
+
+        for optimizer, step in zip(optimizers, original_steps):
+            optimizer.step = labelled(step, f"optimizer:{type(optimizer).__name__}")
+        started = time.perf_counter()
+        with profile(activities=activities) as profiler:
+            for _ in range(args.steps):
+                train_step(trainer)
+            bench.synchronize(device)
+        seconds = (time.perf_counter() - started) / args.steps
+    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"{variant.name}: {seconds * 1e3:.0f} ms per profiled step (profiler overhead included)")
+    print(profiler.key_averages().table(sort_by=sort_key, row_limit=args.rows))
+    for event in profiler.key_averages():
+        if event.key.startswith("optimizer:"):
+            print(f"{event.key}: {event.cpu_time_total / 1e3 / args.steps:.0f} ms per step "
+                  f"({event.cpu_time_total / 1e6 / args.steps / seconds:.0%} of the step)")
+
+
+if __name__ == "__main__":
+    main()
