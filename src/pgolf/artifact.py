@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import zstandard
 
 from pgolf import __version__
 from pgolf.config import ModelConfig, model_config_from_dict, model_config_to_dict
@@ -73,12 +72,23 @@ class ArtifactError(PgolfError):
 # ---------------------------------------------------------------- compressors
 
 
+class PayloadError(Exception):
+    """A compressed payload that does not decompress (raised by every compressor alike)."""
+
+
 def _zstd_compress(data: bytes, level: int) -> bytes:
+    import zstandard  # imported on use: training and benchmarks run where zstandard is not installed
+
     return zstandard.ZstdCompressor(level=level).compress(data)
 
 
 def _zstd_decompress(data: bytes, raw_bytes: int) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
+    import zstandard
+
+    try:
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
+    except zstandard.ZstdError as error:
+        raise PayloadError(str(error)) from None
 
 
 def _zlib_compress(data: bytes, level: int) -> bytes:
@@ -87,7 +97,10 @@ def _zlib_compress(data: bytes, level: int) -> bytes:
 
 def _zlib_decompress(data: bytes, raw_bytes: int) -> bytes:
     decompressor = zlib.decompressobj()
-    return decompressor.decompress(data, raw_bytes + 1)  # +1 so an over-long payload shows up as a length error
+    try:
+        return decompressor.decompress(data, raw_bytes + 1)  # +1: an over-long payload shows as a length error
+    except zlib.error as error:
+        raise PayloadError(str(error)) from None
 
 
 # name -> (compress(data, level), decompress(data, expected_raw_bytes))
@@ -349,7 +362,7 @@ def read_artifact(path) -> ArtifactContents:
     table = _check_table(path, header["tensors"], payload_info["raw_bytes"])
     try:
         raw = COMPRESSORS[header["compressor"]][1](payload, payload_info["raw_bytes"])
-    except (zstandard.ZstdError, zlib.error) as error:
+    except PayloadError as error:
         raise ArtifactError(f"{path}: payload does not decompress ({error})") from None
     if len(raw) != payload_info["raw_bytes"]:
         raise ArtifactError(f"{path}: payload decompresses to {len(raw)} bytes, "

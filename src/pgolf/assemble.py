@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -103,8 +104,10 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Callabl
 
 
 def should_compile(config: RunConfig, device: torch.device) -> bool:
+    """torch.compile on GPU, and on CPU where a C++ compiler exists for inductor's kernels:
+    `pgolf bench train` measured bf16 + compile fastest on CPU too (docs/performance.md)."""
     if config.compile == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" or any(shutil.which(name) for name in ("g++", "clang++", "c++"))
     return config.compile == "on"
 
 

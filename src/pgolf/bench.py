@@ -10,7 +10,7 @@ machine lowers both sides. FLOP counts come from `pgolf.flops`.
 A "variant" is a precision/compilation choice: fp32 eager, bf16 autocast
 eager, bf16 autocast compiled (and fp32 compiled). On CPU the fastest one
 measured is recorded in `CPU_TRAINING_DEFAULT` (see docs/performance.md);
-`default_cpu_training()` is what `assemble` should use for "auto".
+`pgolf.assemble` follows it when `autocast_dtype` and `compile` are "auto".
 """
 
 from __future__ import annotations
@@ -73,11 +73,6 @@ def fastest_variant(tokens_per_second: dict[str, float]) -> str:
     if not finite:
         raise PgolfError("no variant produced a measurement")
     return max(finite, key=finite.get)
-
-
-def default_cpu_training() -> tuple[str, str]:
-    """(autocast_dtype, compile) values for `RunConfig` on CPU when both are "auto"."""
-    return CPU_TRAINING_DEFAULT.autocast_dtype, "on" if CPU_TRAINING_DEFAULT.compile else "off"
 
 
 # ---------------------------------------------------------------- timing primitives

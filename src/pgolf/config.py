@@ -196,7 +196,7 @@ def tiny() -> RunConfig:
         micro_batch_tokens=8192,
         iterations=300,
         max_wallclock_seconds=0.0,
-        warmup_steps=0,
+        warmup_steps=2,  # compiles before the clock starts
         warmdown_steps=100,
         muon_momentum_warmup_steps=100,
         matrix_lr=0.03,

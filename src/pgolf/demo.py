@@ -21,7 +21,7 @@ from pgolf.config import RunConfig, tiny
 from pgolf.data.build import build_dataset
 from pgolf.data.stdlib_corpus import iter_stdlib_documents, split_documents, write_jsonl
 
-DEMO_VAL_FRACTION = 0.04  # about 150k validation tokens: a sliding-window score in seconds on 2 cores
+DEMO_VAL_FRACTION = 0.1  # about 60k validation tokens: a sliding-window score in seconds on 2 cores
 
 
 def demo_config(dataset_dir: Path, minutes: float) -> RunConfig:

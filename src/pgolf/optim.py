@@ -137,10 +137,14 @@ class Muon(torch.optim.Optimizer):
                              f"(got lr={lr}, momentum={momentum}, weight_decay={weight_decay}, ns_steps={ns_steps})")
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay))
         self.dist = dist if dist is not None else DistInfo()
+        on_cuda = False
         for group in self.param_groups:
             for parameter in group["params"]:
                 if parameter.ndim != 2:
                     raise PgolfError(f"Muon only takes 2-D parameters, got shape {tuple(parameter.shape)}")
+                on_cuda = on_cuda or parameter.is_cuda
+        # On GPU the bf16 Newton-Schulz runs as one compiled kernel chain per shape; eager elsewhere.
+        self._orthogonalize = torch.compile(orthogonalize, fullgraph=True) if on_cuda else orthogonalize
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -167,7 +171,7 @@ class Muon(torch.optim.Optimizer):
             buffer.mul_(momentum).add_(gradient)
             if index % world_size == rank:
                 update = gradient.add(buffer, alpha=momentum)
-                update = orthogonalize(update, group["ns_steps"])
+                update = self._orthogonalize(update, group["ns_steps"])
                 update *= math.sqrt(max(1.0, parameter.size(0) / parameter.size(1)))
                 flat_updates[offset:offset + parameter.numel()] = update.reshape(-1)
             offset += parameter.numel()

@@ -47,6 +47,8 @@ def train_step(trainer: Trainer) -> torch.Tensor:
     for micro_step in range(trainer.grad_accum_steps):
         inputs, targets = rank_batch(trainer.stream, local_tokens * dist.world_size, config.train_seq_len,
                                      dist.rank, dist.world_size)
+        if dist.device.type == "cuda":  # page-locked, so the copies below really run asynchronously
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
         inputs = inputs.to(dist.device, non_blocking=True)
         targets = targets.to(dist.device, non_blocking=True)
         is_last = micro_step == trainer.grad_accum_steps - 1
