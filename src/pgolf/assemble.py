@@ -179,9 +179,14 @@ def validate(trainer: Trainer, run: RunData, max_tokens: int = 0, model: torch.n
             "val_bytes_scored": result.bytes, "eval_seconds": result.seconds}
 
 
-def training_progress(config: RunConfig, start_step: int, dist: DistInfo, quiet: bool):
+def training_progress(config: RunConfig, state: TrainState, dist: DistInfo, quiet: bool):
+    """A bar over steps, or over training seconds when the wall clock ends the run (ETA that means it)."""
     if not dist.is_main or quiet:
         return None
-    bar = progress_bar(total=config.iterations, desc="train", unit="step")
-    bar.update(start_step)
+    if config.max_wallclock_seconds > 0:
+        bar = progress_bar(total=round(config.max_wallclock_seconds), desc="train", unit="s")
+        bar.update(state.train_seconds)
+    else:
+        bar = progress_bar(total=config.iterations, desc="train", unit="step")
+        bar.update(state.step)
     return bar

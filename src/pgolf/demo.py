@@ -27,7 +27,7 @@ DEMO_VAL_FRACTION = 0.1  # about 60k validation tokens: a sliding-window score i
 def demo_config(dataset_dir: Path, minutes: float) -> RunConfig:
     """`tiny` trained against the wall clock, so the time-aware warmdown and SWA both happen."""
     return dataclasses.replace(tiny(), data_dir=str(dataset_dir), max_wallclock_seconds=60.0 * minutes,
-                               iterations=1_000_000, warmdown_steps=300, swa_every=25, val_every=200,
+                               iterations=1_000_000, warmdown_steps=120, swa_every=10, val_every=100,
                                log_every=25)
 
 

@@ -75,11 +75,11 @@ class RunLog:
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
         path.write_text("".join(line + "\n" for line in kept))
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, echo: bool = True) -> None:
         if not self.enabled:
             return
         self._log.write(text + "\n")
-        if self.echo:
+        if self.echo and echo:
             print(text, file=self.stream, flush=True)
 
     def fields(self, **fields: Any) -> None:
@@ -94,8 +94,8 @@ class RunLog:
                   f"device:{device} world_size:{world_size} source_sha256:{source_hash()[:16]} "
                   f"started:{time.strftime('%Y-%m-%dT%H:%M:%S')}")
         self.fields(**extra)
-        for config_line in config_json.splitlines():
-            self.line(f"config {config_line}")
+        for config_line in config_json.splitlines():  # the file keeps the whole config; the screen is spared
+            self.line(f"config {config_line}", echo=False)
 
     def close(self) -> None:
         for handle in (self._log, self._metrics):

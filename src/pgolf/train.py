@@ -154,7 +154,8 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
         started = time.perf_counter()
         loss = train_step(trainer)
         synchronize()
-        state.train_seconds += time.perf_counter() - started
+        step_seconds = time.perf_counter() - started
+        state.train_seconds += step_seconds
         state.step += 1
         state.train_tokens += tokens_per_step
         trainer.averager.maybe_add(trainer.base_model, state.step, multiplier)
@@ -183,8 +184,8 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
             if is_log_step:
                 log.fields(step=f"{state.step}/{config.iterations}", train_loss=loss_value, lr_mult=multiplier,
                            train_time=f"{state.train_seconds:.1f}s", tokens_per_second=round(tokens_per_second))
-        if progress is not None:
-            progress.update(1)
+        if progress is not None:  # the bar counts seconds when the wall clock ends the run
+            progress.update(step_seconds if config.max_wallclock_seconds > 0 else 1)
         if config.val_every > 0 and state.step % config.val_every == 0 and not is_last_step:
             result = validate(state.step)
             log.metrics({"step": state.step, "train_tokens": state.train_tokens, **result})
@@ -222,7 +223,7 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
     def validate(step: int) -> dict:
         return assemble.validate(trainer, run, max_tokens=config.val_max_tokens)
 
-    progress = assemble.training_progress(config, trainer.state.step, dist, quiet)
+    progress = assemble.training_progress(config, trainer.state, dist, quiet)
     try:
         train_loop(trainer, run_dir, log, validate, progress, halt_at_step)
     finally:
