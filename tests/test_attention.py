@@ -91,3 +91,24 @@ def test_bf16_inputs_give_bf16_output_close_to_reference():
     out = causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.double(), naive_attention(q, k, v), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_cpu_bf16_under_autocast_on_both_sides_of_the_fp32_threshold(head_dim, monkeypatch):
+    # below CPU_LOW_PRECISION_MIN_HEAD_DIM the kernel runs in fp32 even inside bf16 autocast
+    kernel_dtypes = []
+    real_sdpa = attention.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        kernel_dtypes.append(q.dtype)
+        return real_sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
+    q, k, v = random_qkv(head_dim=head_dim, seed=5)
+    document_ids = torch.tensor([[0] * 10 + [1] * 14, [0] * 24])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), document_ids)
+    assert out.dtype == torch.bfloat16
+    expected_kernel = torch.float32 if head_dim < attention.CPU_LOW_PRECISION_MIN_HEAD_DIM else torch.bfloat16
+    assert kernel_dtypes == [expected_kernel]
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, document_ids), atol=5e-2, rtol=5e-2)

@@ -16,7 +16,7 @@ from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
 from pgolf.optim import Muon, build_optimizers, orthogonalize, parameter_groups, set_learning_rate, \
-    set_muon_momentum
+    set_muon_momentum, shard_by_shape
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -178,6 +178,47 @@ def test_orthogonalize_close_to_float64_iteration(shape):
     if shape[0] != shape[1]:  # a random square matrix has near-zero singular values 5 steps cannot lift
         singular = torch.linalg.svdvals(ours.float())
         assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+@pytest.mark.parametrize("shape", [(32, 16), (16, 48)])
+def test_batched_orthogonalize_matches_each_matrix_alone(shape):
+    matrices = torch.randn((3, *shape), generator=torch.Generator().manual_seed(6))
+    matrices[1] *= 100.0  # each matrix is normalised on its own, not by the batch's norm
+    batched = orthogonalize(matrices, 5)
+    assert batched.dtype == torch.bfloat16 and batched.shape == matrices.shape
+    for got, matrix in zip(batched, matrices):
+        alone = orthogonalize(matrix, 5).double()
+        exact = float64_newton_schulz(matrix, 5)
+        assert (got.double() - alone).norm() / alone.norm() < 0.02  # bf16 rounding of two kernel orders
+        assert (got.double() - exact).norm() / exact.norm() < 0.04
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_shard_by_shape_gives_every_matrix_one_owner_and_balances_shapes(world_size):
+    shapes = [(8, 4, 5), (4, 4, 5), (8, 4, 5), (4, 4, 5), (8, 4, 5), (4, 4, 3), (8, 4, 5)]
+    owners = {}
+    for rank in range(world_size):
+        for batch in shard_by_shape(shapes, rank, world_size):
+            assert len({shapes[index] for index in batch.indices}) == 1  # one shape per batch
+            assert batch.ns_steps == shapes[batch.indices[0]][2]
+            for index in batch.indices:
+                assert index not in owners
+                owners[index] = rank
+    assert sorted(owners) == list(range(len(shapes)))
+    per_rank = [sum(1 for owner in owners.values() if owner == rank) for rank in range(world_size)]
+    assert max(per_rank) - min(per_rank) <= 1
+
+
+def test_muon_batches_same_shape_matrices_close_to_one_at_a_time():
+    generator = torch.Generator().manual_seed(7)
+    shapes = [(16, 8), (16, 8), (8, 24), (16, 8), (8, 24)]
+    params = [nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    gradients = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(3)]
+    start = [p.detach().clone() for p in params]
+    expected = reference_muon(params, gradients, lr=0.05, momentum=0.9, weight_decay=0.1, steps=5)
+    ours = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)
+    for got, want, initial in zip(ours, expected, start):
+        assert (got - want).norm() / (want - initial).norm() < 0.02
 
 
 def test_muon_close_to_float64_mathematics():

@@ -17,6 +17,11 @@ FlashAttention 3 (`flash_attn_interface`, the Hopper build) is used when it
 imports, the tensors are on a CUDA device of compute capability 9.x, and the
 dtype is bf16 or fp16 (FA3 has no fp32 kernels). Everything else goes through
 `torch.nn.functional.scaled_dot_product_attention`.
+
+On CPU, bf16/fp16 inputs with head_dim below `CPU_LOW_PRECISION_MIN_HEAD_DIM`
+are attended in fp32 and the result cast back: PyTorch's CPU flash kernel is
+slower in bf16 than in fp32 at head_dim 32 (docs/performance.md), and faster
+at 64. The result differs from a bf16 kernel only by bf16 rounding.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ try:  # the FA3 wheel is optional; without it we run SDPA everywhere
 except (ImportError, OSError):  # OSError: the wheel is there but its CUDA library does not load
     _fa3_func = None
     _fa3_varlen_func = None
+
+# Measured with torch 2.13 on AMX Xeon cores (docs/performance.md): SDPA forward+backward at
+# (32, 4/2 heads, 256, 32) fp32 101 ms vs bf16 174 ms; at (1, 8/4, 2048, 64) fp32 429 ms vs bf16 238 ms.
+CPU_LOW_PRECISION_MIN_HEAD_DIM = 64
 
 # `enable_gqa` arrived in torch 2.5; older versions need k/v repeated per query head.
 _SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2] if part.isdigit()) >= (2, 5)
@@ -117,6 +126,12 @@ def document_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
           document_ids: torch.Tensor | None) -> torch.Tensor:
+    output_dtype = q.dtype
+    if (q.device.type == "cpu" and output_dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-1] < CPU_LOW_PRECISION_MIN_HEAD_DIM):
+        # CPU autocast would cast fp32 inputs straight back to bf16: switch it off for the kernel
+        with torch.autocast(device_type="cpu", enabled=False):
+            return _sdpa(q.float(), k.float(), v.float(), document_ids).to(output_dtype)
     # SDPA wants (B, H, T, D).
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     extra = {}

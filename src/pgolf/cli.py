@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+import pgolf
 from pgolf import __version__
 from pgolf.errors import PgolfError
 
@@ -17,7 +18,8 @@ COMMAND_MODULES = ("data", "train", "eval", "inspect", "submit", "demo", "plot",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgolf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pgolf", description=pgolf.__doc__.strip(),
+                                     epilog="Run `pgolf COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"pgolf {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -22,10 +22,14 @@ Different:
     update (as the reference does), so rounding differs;
   * the iteration itself is the same (fused addmm, bf16): with momentum 0 and
     a square or wide matrix the two steps are bit-identical;
+  * it orthogonalises one matrix at a time; ours stacks matrices of the same
+    shape (the 11 c_q, the 11 fc, ...) into one (n, rows, cols) batch;
   * it has no distributed mode. Ours shards the orthogonalisation: with W
-    processes, matrix i is orthogonalised by rank i % W into one flat bf16
-    buffer, and one all-reduce (a sum where every slot has exactly one
-    non-zero contributor, hence exact) gives every rank every update.
+    processes, the matrices, ordered shape group by shape group, are dealt
+    round-robin to the ranks (`shard_by_shape`); each rank writes its results
+    into one flat bf16 buffer, and one all-reduce (a sum where every slot has
+    exactly one non-zero contributor, hence exact) gives every rank every
+    update. With one process there is no buffer.
 `tests/test_optim.py` measures how close the two are.
 
 Every rank keeps the momentum buffers of all matrices (DDP has already made
@@ -103,31 +107,67 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 
 
 def orthogonalize(matrix: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """Approximate U V^T of `matrix` (rows, cols) by a quintic Newton-Schulz iteration in bf16.
+    """Approximate U V^T of `matrix` by a quintic Newton-Schulz iteration in bf16.
 
-    The iteration does not converge to exactly 1 singular values (they land roughly in
-    [0.7, 1.2]); that is what the recipe uses. Returns bf16 with the input's shape.
+    `matrix` is one (rows, cols) matrix or a batch (n, rows, cols) of same-shape matrices, each
+    normalised and iterated on its own (batched matmuls: fewer, larger kernels). The iteration
+    does not converge to exactly 1 singular values (they land roughly in [0.7, 1.2]); that is
+    what the recipe uses. Returns bf16 with the input's shape.
     """
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     x = matrix.bfloat16()
-    transposed = x.size(0) > x.size(1)
+    transposed = x.size(-2) > x.size(-1)
     if transposed:
-        x = x.mT  # (small, large): the Gram matrix x x^T is the small one
-    x = x / (x.norm() + NEWTON_SCHULZ_EPS)  # spectral norm <= Frobenius norm <= 1
+        x = x.mT  # (..., small, large): the Gram matrix x x^T is the small one
+    if x.ndim == 2:
+        norm = x.norm()
+        multiply_add = torch.addmm
+    else:
+        norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)  # (n, 1, 1): one norm per matrix
+        multiply_add = torch.baddbmm
+    x = x / (norm + NEWTON_SCHULZ_EPS)  # spectral norm <= Frobenius norm <= 1
     for _ in range(num_steps):
-        gram = x @ x.mT  # (small, small)
+        gram = x @ x.mT  # (..., small, small)
         # fused multiply-adds round to bf16 once per product: closer to exact arithmetic than
         # separate b*A + c*A@A (about 1.5% vs 3.5% from a float64 iteration on random matrices)
-        polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
-        x = torch.addmm(x, polynomial, x, beta=a)  # a*X + B@X
+        polynomial = multiply_add(gram, gram, gram, beta=b, alpha=c)  # b*A + c*A@A
+        x = multiply_add(x, polynomial, x, beta=a)  # a*X + B@X
     return x.mT if transposed else x
 
 
+@dataclass
+class _ShapeBatch:
+    """Matrices of one shape and ns_steps that this rank orthogonalises together."""
+    ns_steps: int
+    indices: list[int]  # positions in the step's entry list
+
+
+def shard_by_shape(shapes: list[tuple[int, int, int]], rank: int, world_size: int) -> list[_ShapeBatch]:
+    """This rank's batches: matrices grouped by (rows, cols, ns_steps), dealt out round-robin.
+
+    The deal runs over the matrices ordered group by group (first appearance order), so every
+    rank gets about 1/world of every shape (balanced work) and each matrix exactly one owner.
+    Pure function of the shapes: every rank computes the same assignment.
+    """
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for index, key in enumerate(shapes):
+        groups.setdefault(key, []).append(index)
+    batches, position = [], 0
+    for key, indices in groups.items():
+        mine = [index for offset, index in enumerate(indices) if (position + offset) % world_size == rank]
+        position += len(indices)
+        if mine:
+            batches.append(_ShapeBatch(ns_steps=key[2], indices=mine))
+    return batches
+
+
 class Muon(torch.optim.Optimizer):
-    """Momentum + Newton-Schulz orthogonalisation for 2-D weights, sharded over ranks.
+    """Momentum + Newton-Schulz orthogonalisation for 2-D weights, batched by shape, sharded over ranks.
 
     Per matrix (rows, cols): buf <- momentum*buf + g; u <- g + momentum*buf (Nesterov);
     o <- orthogonalize(u) * sqrt(max(1, rows/cols)) in bf16; p <- p*(1 - lr*wd); p <- p - lr*o.
+    Matrices of the same shape are orthogonalised as one (n, rows, cols) batch; a shape held by
+    one matrix only takes the 2-D path (bit-identical to torch.optim.Muon's iteration).
     """
 
     def __init__(self, params, lr: float, momentum: float, ns_steps: int = 5, weight_decay: float = 0.0,
@@ -146,44 +186,70 @@ class Muon(torch.optim.Optimizer):
         # On GPU the bf16 Newton-Schulz runs as one compiled kernel chain per shape; eager elsewhere.
         self._orthogonalize = torch.compile(orthogonalize, fullgraph=True) if on_cuda else orthogonalize
 
+    def _nesterov_updates(self, entries) -> list[torch.Tensor]:
+        """Advance every momentum buffer (all ranks keep all of them) and return g + m*buf per matrix."""
+        updates: list[torch.Tensor] = []
+        for group in self.param_groups:
+            parameters = [p for p in group["params"] if p.grad is not None]
+            if not parameters:
+                continue
+            gradients = [p.grad for p in parameters]
+            buffers = []
+            for parameter in parameters:
+                state = self.state[parameter]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(parameter.grad)
+                buffers.append(state["momentum_buffer"])
+            momentum = group["momentum"]
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, gradients)
+            updates.extend(torch._foreach_add(gradients, buffers, alpha=momentum))
+        return updates
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # every rank walks the same list in the same order, so slot offsets agree
+        # every rank walks the same list in the same order, so the shard assignment agrees
         entries = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not entries:
             return loss
         rank, world_size = self.dist.rank, self.dist.world_size
-        total = sum(p.numel() for _, p in entries)
-        # bf16 holds the updates exactly as computed; the sum over ranks adds zeros, so it is exact
-        flat_updates = torch.zeros(total, dtype=torch.bfloat16, device=entries[0][1].device)
-        offset = 0
-        for index, (group, parameter) in enumerate(entries):
-            gradient = parameter.grad
-            state = self.state[parameter]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(gradient)
-            buffer = state["momentum_buffer"]
-            momentum = group["momentum"]
-            buffer.mul_(momentum).add_(gradient)
-            if index % world_size == rank:
-                update = gradient.add(buffer, alpha=momentum)
-                update = self._orthogonalize(update, group["ns_steps"])
-                update *= math.sqrt(max(1.0, parameter.size(0) / parameter.size(1)))
-                flat_updates[offset:offset + parameter.numel()] = update.reshape(-1)
-            offset += parameter.numel()
-        all_reduce_sum(flat_updates, self.dist)
-        offset = 0
-        for group, parameter in entries:
-            update = flat_updates[offset:offset + parameter.numel()].view_as(parameter).to(parameter.dtype)
-            offset += parameter.numel()
+        updates = self._nesterov_updates(entries)
+        shapes = [(p.size(0), p.size(1), group["ns_steps"]) for group, p in entries]
+        orthogonal: list[torch.Tensor | None] = [None] * len(entries)  # bf16 (rows, cols), this rank's only
+        for batch in shard_by_shape(shapes, rank, world_size):
+            rows, cols, _ = shapes[batch.indices[0]]
+            if len(batch.indices) == 1:
+                results = [self._orthogonalize(updates[batch.indices[0]], batch.ns_steps)]
+            else:
+                stacked = torch.stack([updates[index].bfloat16() for index in batch.indices])  # (n, rows, cols)
+                results = self._orthogonalize(stacked, batch.ns_steps).unbind(0)
+            scale = math.sqrt(max(1.0, rows / cols))
+            for index, result in zip(batch.indices, results):
+                orthogonal[index] = result * scale  # bf16 product, as the recipe rounds it
+        if world_size > 1:
+            # bf16 holds the updates exactly as computed; each slot has one non-zero contributor,
+            # so the sum over ranks is exact and every rank ends with identical updates
+            total = sum(p.numel() for _, p in entries)
+            flat_updates = torch.zeros(total, dtype=torch.bfloat16, device=entries[0][1].device)
+            offset = 0
+            for index, (_, parameter) in enumerate(entries):
+                if orthogonal[index] is not None:
+                    flat_updates[offset:offset + parameter.numel()] = orthogonal[index].reshape(-1)
+                offset += parameter.numel()
+            all_reduce_sum(flat_updates, self.dist)
+            offset = 0
+            for index, (_, parameter) in enumerate(entries):
+                orthogonal[index] = flat_updates[offset:offset + parameter.numel()].view_as(parameter)
+                offset += parameter.numel()
+        for (group, parameter), update in zip(entries, orthogonal):
             lr = group["lr"]
             if group["weight_decay"] > 0:
                 parameter.mul_(1.0 - lr * group["weight_decay"])  # decoupled: not part of the gradient
-            parameter.add_(update, alpha=-lr)
+            parameter.add_(update.to(parameter.dtype), alpha=-lr)
         return loss
 
 

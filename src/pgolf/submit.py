@@ -12,55 +12,19 @@ import datetime
 import json
 import shutil
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pgolf.accounting import BUDGET_BYTES
 from pgolf.errors import PgolfError
+from pgolf.verify.run_checks import RunRecord, check_same_config, check_same_scheme, load_run
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    run_dir: Path
-    config: dict[str, Any]
-    result: dict[str, Any]
-
-
-def load_run(run_dir: Path) -> RunRecord:
-    run_dir = Path(run_dir)
-    for name in ("config.json", "result.json"):
-        if not (run_dir / name).is_file():
-            raise PgolfError(f"{run_dir} is not a finished run: {name} is missing")
-    return RunRecord(run_dir, json.loads((run_dir / "config.json").read_text()),
-                     json.loads((run_dir / "result.json").read_text()))
-
-
-def config_differences(first: dict[str, Any], other: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the settings that differ, ignoring the seed and where the data lives."""
-    ignored = {"seed", "data_dir", "tokenizer_path"}
-    names = []
-    for key in sorted(set(first) | set(other)):
-        if not prefix and key in ignored:
-            continue
-        left, right = first.get(key), other.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            names += config_differences(left, right, prefix=f"{prefix}{key}.")
-        elif left != right:
-            names.append(f"{prefix}{key}")
-    return names
-
-
-def check_same_recipe(runs: list[RunRecord]) -> None:
-    reference = runs[0]
-    for run in runs[1:]:
-        differences = config_differences(reference.config, run.config)
-        if differences:
-            raise PgolfError(f"{run.run_dir} differs from {reference.run_dir} in more than the seed: "
-                             f"{', '.join(differences)}")
-    seeds = [run.config.get("seed") for run in runs]
-    if len(set(seeds)) != len(seeds):
-        raise PgolfError(f"runs repeat a seed ({seeds}); each run of a set must use its own seed")
+def check_one_recipe(runs: list[RunRecord]) -> None:
+    """The runs of a submission are one config with different seeds and one artifact scheme."""
+    for check in (check_same_config(runs), check_same_scheme(runs)):
+        if not check.passed:
+            raise PgolfError(f"these runs cannot be submitted together: {check.evidence}")
 
 
 def seed_statistics(values: list[float]) -> dict[str, float]:
@@ -130,7 +94,7 @@ def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str
                      blurb: str = "", code_file: Path | None = None) -> dict[str, Any]:
     """Check, then write the records folder. `code_file` (an exported train_gpt.py) sets the code bytes."""
     runs = [load_run(run_dir) for run_dir in run_dirs]
-    check_same_recipe(runs)
+    check_one_recipe(runs)
     bytes_code = code_file.stat().st_size if code_file is not None else runs[0].result["bytes_code"]
     summary = summarise(runs, bytes_code)
     if summary["bytes_total"] > BUDGET_BYTES:
@@ -139,10 +103,10 @@ def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     best = summary.pop("best_run")
-    shutil.copyfile(best.run_dir / best.result.get("artifact", "model.pgolf"), out_dir / "model.pgolf")
+    shutil.copyfile(best.path / best.result.get("artifact", "model.pgolf"), out_dir / "model.pgolf")
     (out_dir / "config.json").write_text(json.dumps(best.config, indent=2, sort_keys=True) + "\n")
     for run in runs:
-        log = run.run_dir / "train.log"
+        log = run.path / "train.log"
         if log.is_file():
             shutil.copyfile(log, out_dir / f"train_seed{run.config.get('seed')}.log")
     if code_file is not None and code_file.resolve() != (out_dir / code_file.name).resolve():
