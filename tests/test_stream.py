@@ -65,3 +65,10 @@ def test_rejects_bad_split(shard_files):
         rank_batch(TokenStream(shard_files[0]), 10, 3, 0, 2)
     with pytest.raises(PgolfError, match="no training shards"):
         TokenStream([])
+
+
+def test_the_training_stream_refuses_validation_shards(tmp_path):
+    val_shard = tmp_path / "fineweb_val_000000.bin"
+    write_shard(val_shard, np.arange(100, dtype=np.uint16))
+    with pytest.raises(PgolfError, match="never reads the validation split"):
+        TokenStream([val_shard])

@@ -148,3 +148,12 @@ def test_torch_threads_are_untouched_by_a_run(tiny_dataset_dir, tmp_path):
     run_training(small_config(tiny_dataset_dir, "iterations=1", "val_every=0", "swa_enabled=false"),
                  tmp_path / "run", quiet=True)
     assert torch.get_num_threads() == before
+
+
+def test_a_config_predicted_over_budget_is_warned_before_training():
+    from pgolf.assemble import budget_warning
+    from pgolf.config import pr198
+
+    assert budget_warning(pr198()) is None  # the record's recipe fits (15.7 MB in the reference)
+    warning = budget_warning(apply_overrides(pr198(), ["num_layers=14"]))
+    assert warning.startswith("warning: predicted artifact") and "16,000,000-byte budget" in warning

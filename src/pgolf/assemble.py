@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pgolf.accounting import predict_model_bytes
+from pgolf.accounting import BUDGET_BYTES, code_bytes, predict_model_bytes
 from pgolf.attention import attention_backend_name
 from pgolf.averaging import WeightAverager
 from pgolf.config import RunConfig
@@ -146,6 +146,15 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
         "tokenizer_sha256": run.tokenizer_sha256[:16],
         "predicted_model_bytes": predict_model_bytes(config.model, SCHEMES[config.quant_scheme]),
     }
+
+
+def budget_warning(config: RunConfig) -> str | None:
+    """A warning line when the artifact predicted from the config alone will not fit the budget."""
+    predicted = predict_model_bytes(config.model, SCHEMES[config.quant_scheme]) + code_bytes()
+    if predicted <= BUDGET_BYTES:
+        return None
+    return (f"warning: predicted artifact {predicted:,} bytes (model + code) exceeds the {BUDGET_BYTES:,}-byte "
+            "budget; this run will not be submittable as configured")
 
 
 def evaluation_model(trainer: Trainer) -> torch.nn.Module:

@@ -217,7 +217,11 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
     else:
         if dist.is_main and run_dir is not None:
             write_json_atomic(run_dir / "config.json", run_config_to_dict(config))
-        log.header(run_config_to_json(config), str(dist.device), dist.world_size, assemble.describe(trainer, run))
+        description = assemble.describe(trainer, run)
+        log.header(run_config_to_json(config), str(dist.device), dist.world_size, description)
+        warning = assemble.budget_warning(config)
+        if warning:
+            log.line(warning)
         run_compile_warmup(trainer)
 
     def validate(step: int) -> dict:
