@@ -103,19 +103,19 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Callabl
     return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
-def should_compile(config: RunConfig, device: torch.device) -> bool:
-    """torch.compile on GPU, and on CPU where a C++ compiler exists for inductor's kernels:
-    `pgolf bench train` measured bf16 + compile fastest on CPU too (docs/performance.md)."""
-    if config.compile == "auto":
+def should_compile(setting: str, device: torch.device) -> bool:
+    """`setting` is "auto", "on" or "off". Auto compiles on GPU, and on CPU where a C++ compiler exists
+    for inductor's kernels: `pgolf bench train` measured bf16 + compile fastest on CPU too."""
+    if setting == "auto":
         return device.type == "cuda" or any(shutil.which(name) for name in ("g++", "clang++", "c++"))
-    return config.compile == "on"
+    return setting == "on"
 
 
 def build_trainer(config: RunConfig, dist: DistInfo, run: RunData, quiet: bool = False) -> Trainer:
     torch.manual_seed(config.seed)
     base_model = GPT(config.model).to(dist.device)
     model: torch.nn.Module = base_model
-    if should_compile(config, dist.device):
+    if should_compile(config.compile, dist.device):
         model = torch.compile(base_model, dynamic=False)
     if dist.is_distributed:
         model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
@@ -139,7 +139,7 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
         "attention_backend": attention_backend_name(trainer.dist.device),
         "grad_accum_steps": trainer.grad_accum_steps,
         "autocast": "fp32" if autocast_dtype(config, trainer.dist.device) is None else "bf16",
-        "compiled": should_compile(config, trainer.dist.device),
+        "compiled": should_compile(config.compile, trainer.dist.device),
         "dataset": str(run.dataset_dir),
         "train_shards": len(run.train_files),
         "val_tokens": int(run.val_tokens.numel()),

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pgolf import accounting
-from pgolf.artifact import load_artifact, save_artifact
+from pgolf.artifact import LoadedArtifact, load_artifact, save_artifact
 from pgolf.assemble import RunData, Trainer, should_compile, validate
 from pgolf.distributed import barrier
 from pgolf.model import GPT
@@ -23,11 +23,12 @@ from pgolf.runlog import RunLog, write_json_atomic
 ARTIFACT_NAME = "model.pgolf"
 
 
-def rebuild_from_artifact(path: Path, trainer: Trainer) -> torch.nn.Module:
-    loaded = load_artifact(path)
-    model = GPT(loaded.model_config).to(trainer.dist.device)
+def model_from_artifact(loaded: LoadedArtifact, device: torch.device, compile_setting: str) -> torch.nn.Module:
+    """A fresh network holding the artifact's dequantised weights, compiled as training's was, so that
+    `pgolf eval` reproduces the score `pgolf train` reported (bf16 kernels differ compiled vs eager)."""
+    model = GPT(loaded.model_config).to(device)
     model.load_state_dict(loaded.state_dict, strict=True)
-    if should_compile(trainer.config, trainer.dist.device):
+    if should_compile(compile_setting, device):
         return torch.compile(model, dynamic=False)
     return model
 
@@ -50,7 +51,7 @@ def finish_run(trainer: Trainer, run: RunData, run_dir: Path | None, log: RunLog
                       config.model.vocab_size)
     barrier(dist)
 
-    shipped = rebuild_from_artifact(artifact_path, trainer)
+    shipped = model_from_artifact(load_artifact(artifact_path), dist.device, config.compile)
     roundtrip_plain = validate(trainer, run, model=shipped, stride=config.eval_seq_len, desc="eval roundtrip")
     log.fields(stage="roundtrip_plain", **roundtrip_plain)
     if config.eval_stride == config.eval_seq_len:

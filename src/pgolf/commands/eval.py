@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (0 = all)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="torch.compile the model (auto: as `pgolf train` does; needed to reproduce its "
+                             "bf16 score to the last digit)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from pgolf.distributed import cleanup_distributed, init_distributed
     from pgolf.evaluate import evaluate, truncate_val_tokens
     from pgolf.metric import byte_tables_from_sentencepiece
-    from pgolf.model import GPT
+    from pgolf.finalize import model_from_artifact
     from pgolf.progress import progress_bar
 
     if args.stride < 1 or args.stride > args.seq_len:
@@ -58,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     dist = init_distributed(args.device)
     try:
-        model = GPT(loaded.model_config).to(dist.device)
-        model.load_state_dict(loaded.state_dict, strict=True)
+        model = model_from_artifact(loaded, dist.device, args.compile)
         bar = None if (args.quiet or args.json or not dist.is_main) else progress_bar(total=None, desc="eval",
                                                                                      unit="window")
 
