@@ -216,7 +216,11 @@ def test_muon_batches_same_shape_matrices_close_to_one_at_a_time():
     gradients = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(3)]
     start = [p.detach().clone() for p in params]
     expected = reference_muon(params, gradients, lr=0.05, momentum=0.9, weight_decay=0.1, steps=5)
-    ours = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)
+    optimizer = Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1, batch_by_shape=True)
+    calls = []
+    optimizer._orthogonalize = lambda matrix, steps: calls.append(tuple(matrix.shape)) or orthogonalize(matrix, steps)
+    ours = run_optimizer(optimizer, params, gradients)
+    assert calls == [(3, 16, 8), (2, 8, 24)] * 3  # one batch per shape per step
     for got, want, initial in zip(ours, expected, start):
         assert (got - want).norm() / (want - initial).norm() < 0.02
 

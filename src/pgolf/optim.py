@@ -166,12 +166,15 @@ class Muon(torch.optim.Optimizer):
 
     Per matrix (rows, cols): buf <- momentum*buf + g; u <- g + momentum*buf (Nesterov);
     o <- orthogonalize(u) * sqrt(max(1, rows/cols)) in bf16; p <- p*(1 - lr*wd); p <- p - lr*o.
-    Matrices of the same shape are orthogonalised as one (n, rows, cols) batch; a shape held by
-    one matrix only takes the 2-D path (bit-identical to torch.optim.Muon's iteration).
+    With `batch_by_shape`, matrices of the same shape are orthogonalised as one (n, rows, cols)
+    batch; a shape held by one matrix only takes the 2-D path (bit-identical to torch.optim.Muon's
+    iteration). None means: batch on CUDA (fewer kernel launches), not on CPU, where batching
+    gave no consistent gain for pr198's 67 matrices (`benchmarks/cpu_muon_batching.py`,
+    docs/performance.md).
     """
 
     def __init__(self, params, lr: float, momentum: float, ns_steps: int = 5, weight_decay: float = 0.0,
-                 dist: DistInfo | None = None):
+                 dist: DistInfo | None = None, batch_by_shape: bool | None = None):
         if lr < 0 or momentum < 0 or weight_decay < 0 or ns_steps < 1:
             raise PgolfError(f"Muon needs lr, momentum, weight_decay >= 0 and ns_steps >= 1 "
                              f"(got lr={lr}, momentum={momentum}, weight_decay={weight_decay}, ns_steps={ns_steps})")
@@ -185,8 +188,9 @@ class Muon(torch.optim.Optimizer):
                 on_cuda = on_cuda or parameter.is_cuda
         # On GPU the bf16 Newton-Schulz runs as one compiled kernel chain per shape; eager elsewhere.
         self._orthogonalize = torch.compile(orthogonalize, fullgraph=True) if on_cuda else orthogonalize
+        self.batch_by_shape = on_cuda if batch_by_shape is None else batch_by_shape
 
-    def _nesterov_updates(self, entries) -> list[torch.Tensor]:
+    def _nesterov_updates(self) -> list[torch.Tensor]:
         """Advance every momentum buffer (all ranks keep all of them) and return g + m*buf per matrix."""
         updates: list[torch.Tensor] = []
         for group in self.param_groups:
@@ -217,10 +221,13 @@ class Muon(torch.optim.Optimizer):
         if not entries:
             return loss
         rank, world_size = self.dist.rank, self.dist.world_size
-        updates = self._nesterov_updates(entries)
+        updates = self._nesterov_updates()  # same order as entries: groups, then parameters with a gradient
         shapes = [(p.size(0), p.size(1), group["ns_steps"]) for group, p in entries]
         orthogonal: list[torch.Tensor | None] = [None] * len(entries)  # bf16 (rows, cols), this rank's only
-        for batch in shard_by_shape(shapes, rank, world_size):
+        batches = shard_by_shape(shapes, rank, world_size)
+        if not self.batch_by_shape:
+            batches = [_ShapeBatch(batch.ns_steps, [index]) for batch in batches for index in batch.indices]
+        for batch in batches:
             rows, cols, _ = shapes[batch.indices[0]]
             if len(batch.indices) == 1:
                 results = [self._orthogonalize(updates[batch.indices[0]], batch.ns_steps)]
