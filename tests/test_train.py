@@ -122,7 +122,7 @@ def unigram_entropy_nats(dataset_dir: Path) -> float:
 
 @pytest.mark.slow
 def test_tiny_preset_learns_well_below_the_unigram_entropy(tiny_dataset_dir, tmp_path):
-    config = apply_overrides(tiny(), [f"data_dir={tiny_dataset_dir}", "vocab_size=384", "iterations=150",
+    config = apply_overrides(tiny(), [f"data_dir={tiny_dataset_dir}", "vocab_size=384", "iterations=100",
                                       "val_every=0", "log_every=10", "compile=off"])
     result = run_training(config, tmp_path / "run", quiet=True)
     entropy = unigram_entropy_nats(tiny_dataset_dir)
