@@ -11,7 +11,7 @@ from pgolf.cli import main
 @pytest.mark.slow
 def test_demo_runs_offline_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.25", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--minutes", "0.5", "--quiet"]) == 0
     run_dir = out / "run"
     for name in ("config.json", "train.log", "metrics.jsonl", "curves.png", "model.pgolf", "result.json"):
         assert (run_dir / name).is_file(), name

@@ -154,6 +154,6 @@ def test_a_config_predicted_over_budget_is_warned_before_training():
     from pgolf.assemble import budget_warning
     from pgolf.config import pr198
 
-    assert budget_warning(pr198()) is None  # the record's recipe fits (15.7 MB in the reference)
-    warning = budget_warning(apply_overrides(pr198(), ["num_layers=14"]))
+    assert budget_warning(pr198(), 66_133) is None  # the record's recipe fits (15.7 MB in the reference)
+    warning = budget_warning(apply_overrides(pr198(), ["num_layers=14"]), 66_133)
     assert warning.startswith("warning: predicted artifact") and "16,000,000-byte budget" in warning

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pgolf.accounting import BUDGET_BYTES, code_bytes, predict_model_bytes
+from pgolf.accounting import BUDGET_BYTES, predict_model_bytes
 from pgolf.attention import attention_backend_name
 from pgolf.averaging import WeightAverager
 from pgolf.config import RunConfig
@@ -148,9 +148,9 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
     }
 
 
-def budget_warning(config: RunConfig) -> str | None:
+def budget_warning(config: RunConfig, bytes_code: int) -> str | None:
     """A warning line when the artifact predicted from the config alone will not fit the budget."""
-    predicted = predict_model_bytes(config.model, SCHEMES[config.quant_scheme]) + code_bytes()
+    predicted = predict_model_bytes(config.model, SCHEMES[config.quant_scheme]) + bytes_code
     if predicted <= BUDGET_BYTES:
         return None
     return (f"warning: predicted artifact {predicted:,} bytes (model + code) exceeds the {BUDGET_BYTES:,}-byte "

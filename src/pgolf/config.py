@@ -201,9 +201,6 @@ def tiny() -> RunConfig:
         warmup_steps=2,  # compiles before the clock starts
         warmdown_steps=100,
         muon_momentum_warmup_steps=100,
-        matrix_lr=0.03,
-        scalar_lr=0.03,
-        embed_lr=0.05,
         swa_every=20,
         eval_seq_len=256,
         eval_stride=64,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pgolf import checkpoint
+from pgolf import accounting, checkpoint
 from pgolf.config import RunConfig, run_config_to_dict, run_config_to_json
 from pgolf.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from pgolf.errors import PgolfError
@@ -219,7 +219,8 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
             write_json_atomic(run_dir / "config.json", run_config_to_dict(config))
         description = assemble.describe(trainer, run)
         log.header(run_config_to_json(config), str(dist.device), dist.world_size, description)
-        warning = assemble.budget_warning(config)
+        bytes_code = Path(code_path).stat().st_size if code_path is not None else accounting.code_bytes()
+        warning = assemble.budget_warning(config, bytes_code)
         if warning:
             log.line(warning)
         run_compile_warmup(trainer)
