@@ -42,6 +42,8 @@ def finish_run(trainer: Trainer, run: RunData, run_dir: Path | None, log: RunLog
 
     prequant = validate(trainer, run, stride=config.eval_seq_len, desc="eval prequant")
     log.fields(stage="prequant_plain", **prequant)
+    # the curve's last point: plain evaluation like the periodic ones, on the whole split, after SWA
+    log.metrics({"step": state.step, "train_tokens": state.train_tokens, "final": True, **prequant})
 
     artifact_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="pgolf-"))
     artifact_path = artifact_dir / ARTIFACT_NAME

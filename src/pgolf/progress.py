@@ -44,12 +44,14 @@ def format_duration(seconds: float) -> str:
 
 
 def format_amount(value: float, unit: str) -> str:
-    """Counts as plain integers; byte counts (unit "B") with a decimal prefix."""
+    """Counts as plain integers, seconds (unit "s") to one decimal; byte counts (unit "B") with a decimal prefix."""
     if unit == "B":
         for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
             if abs(value) >= scale:
                 return f"{value / scale:.1f} {prefix}B"
         return f"{int(value)} B"
+    if unit == "s":
+        return f"{value:.1f}s"
     return f"{value:g}" if isinstance(value, float) and not value.is_integer() else str(int(value))
 
 
