@@ -76,7 +76,8 @@ def test_run_set_with_two_configs_is_caught(tmp_path):
     checks, _ = check_runs(runs)
     same = checks[0]
     assert same.name == "runs.same_config" and not same.passed
-    assert same.details == ("a vs c: matrix_lr = 0.03 vs 0.04", "a vs c: model.num_layers = 4 vs 5")
+    assert same.details == (f"a vs c: matrix_lr = {base.matrix_lr} vs 0.04",
+                            f"a vs c: model.num_layers = {base.model.num_layers} vs 5")
 
 
 def test_repeated_seed_and_scheme_mismatch_are_caught(tmp_path):
