@@ -4,6 +4,7 @@
   pieces trained on synthetic text with the official settings (pad 0, bos 1,
   eos 2, unk 3, byte fallback on, no dummy prefix). The text includes accents,
   CJK and emoji, so encoding it produces byte-fallback pieces.
+- `gloo_port` (function): a free TCP port on 127.0.0.1 for a 2-process gloo group.
 - `tiny_documents` (session): the 400 synthetic documents (list[str]) the
   tokenizer and the dataset are made from (seed 0).
 - `tiny_dataset_dir` (session): Path to a dataset folder built by
@@ -15,6 +16,8 @@
 """
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 import torch
@@ -30,6 +33,13 @@ torch.set_num_threads(1)
 TINY_VOCAB_SIZE = 384
 TINY_VAL_DOCS = 40
 TINY_TOKENS_PER_SHARD = 4000
+
+
+@pytest.fixture
+def gloo_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -199,12 +198,6 @@ def test_bf16_autocast_is_close():
 # ---------------------------------------------------------------- two processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def evaluate_worker(rank: int, port: int, result_path: str) -> None:
     torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -217,9 +210,9 @@ def evaluate_worker(rank: int, port: int, result_path: str) -> None:
         torch_dist.destroy_process_group()
 
 
-def test_two_process_evaluate_equals_single_process(tmp_path):
+def test_two_process_evaluate_equals_single_process(tmp_path, gloo_port):
     result_path = tmp_path / "rank1.pt"
-    mp.spawn(evaluate_worker, args=(free_port(), str(result_path)), nprocs=2, join=True)
+    mp.spawn(evaluate_worker, args=(gloo_port, str(result_path)), nprocs=2, join=True)
     loss, bpb, tokens, num_bytes = torch.load(result_path, weights_only=True).tolist()
     single = evaluate(TinyCausalLM(), random_tokens(83), tiny_tables(), 16, 5, 3, DistInfo())
     assert (int(tokens), int(num_bytes)) == (single.tokens, single.bytes) == (82, single.bytes)

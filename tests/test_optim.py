@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from dataclasses import replace
 
 import pytest
@@ -333,12 +332,6 @@ def test_optimizers_train_a_tiny_problem():
 # ---------------------------------------------------------------- two processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def muon_worker(rank: int, port: int, result_path: str) -> None:
     torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -352,9 +345,9 @@ def muon_worker(rank: int, port: int, result_path: str) -> None:
         torch_dist.destroy_process_group()
 
 
-def test_two_process_muon_equals_single_process(tmp_path):
+def test_two_process_muon_equals_single_process(tmp_path, gloo_port):
     result_path = tmp_path / "rank1.pt"
-    mp.spawn(muon_worker, args=(free_port(), str(result_path)), nprocs=2, join=True)
+    mp.spawn(muon_worker, args=(gloo_port, str(result_path)), nprocs=2, join=True)
     distributed = torch.load(result_path, weights_only=True)
     params, gradients = make_problem(seed=5)
     single = run_optimizer(Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1), params, gradients)

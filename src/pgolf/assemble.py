@@ -170,20 +170,11 @@ def validate(trainer: Trainer, run: RunData, max_tokens: int = 0, model: torch.n
     tokens = run.val_tokens if max_tokens <= 0 else run.val_tokens[: max_tokens + 1]
     stride = config.eval_seq_len if stride is None else stride
     dtype = autocast_dtype(config, trainer.dist.device)
-    bar = None
-    if trainer.dist.is_main and not trainer.quiet:
-        bar = progress_bar(total=None, desc=desc, unit="window")
-    try:
-        def report(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.update(done - bar.n)
+    with progress_bar(total=None, desc=desc, unit="window",
+                      enabled=None if trainer.dist.is_main and not trainer.quiet else False) as bar:
         result = evaluate(model if model is not None else evaluation_model(trainer), tokens, run.tables,
                           seq_len=config.eval_seq_len, stride=stride, batch_seqs=config.eval_batch_seqs,
-                          dist=trainer.dist, autocast_dtype=dtype, progress=report)
-    finally:
-        if bar is not None:
-            bar.close()
+                          dist=trainer.dist, autocast_dtype=dtype, progress=bar.advance_to)
     return {"val_loss": result.loss, "val_bpb": result.bpb, "val_tokens_scored": result.tokens,
             "val_bytes_scored": result.bytes, "eval_seconds": result.seconds}
 

@@ -158,6 +158,12 @@ class Progress:
         elif self.style == "lines":
             print(message, file=self._stream, flush=True)
 
+    def advance_to(self, count: float, total: float | None = None) -> None:
+        """Absolute progress, for callbacks that report (done, total) as evaluation does."""
+        if total is not None and total != self._total:
+            self.total = total
+        self.update(count - self.count)
+
     def close(self) -> None:
         if self._closed:
             return

@@ -62,21 +62,13 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device)
     try:
         model = model_from_artifact(loaded, dist.device, args.compile)
-        bar = None if (args.quiet or args.json or not dist.is_main) else progress_bar(total=None, desc="eval",
-                                                                                     unit="window")
-
-        def report(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.update(done - bar.n)
-
         started = time.perf_counter()
-        result = evaluate(model, val_tokens, tables, seq_len=args.seq_len, stride=args.stride,
-                          batch_seqs=args.batch_seqs, dist=dist,
-                          autocast_dtype=None if args.fp32 else torch.bfloat16, progress=report)
+        with progress_bar(total=None, desc="eval", unit="window",
+                          enabled=None if dist.is_main and not (args.quiet or args.json) else False) as bar:
+            result = evaluate(model, val_tokens, tables, seq_len=args.seq_len, stride=args.stride,
+                              batch_seqs=args.batch_seqs, dist=dist,
+                              autocast_dtype=None if args.fp32 else torch.bfloat16, progress=bar.advance_to)
         wall = time.perf_counter() - started
-        if bar is not None:
-            bar.close()
     finally:
         cleanup_distributed()
     from pgolf.verify.eval_budget import predict_eval_seconds
