@@ -70,7 +70,7 @@ def main() -> None:
         seconds = (time.perf_counter() - started) / args.steps
     sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"{variant.name}: {seconds * 1e3:.0f} ms per profiled step (profiler overhead included)")
-    print(profiler.key_averages().table(sort_by=sort_key, row_limit=args.rows))
+    print(profiler.key_averages().table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=400))
     for event in profiler.key_averages():
         if event.key.startswith("optimizer:"):
             print(f"{event.key}: {event.cpu_time_total / 1e3 / args.steps:.0f} ms per step "

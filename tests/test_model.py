@@ -162,6 +162,26 @@ def test_ntk_rotary_base():
     assert cos_long[0, 1, 0, 3].item() == pytest.approx(math.cos(long_base ** (-6 / 16)), abs=1e-6)
 
 
+def test_compiled_model_reads_cached_rotary_tables_instead_of_recomputing_them():
+    """Traced in-graph, inductor would recompute cos/sin for every (B, T, H, D) element."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model = randomized_model(SMALL)
+    compiled = torch.compile(model, backend=recording_backend, dynamic=False)
+    ids = torch.randint(0, 64, (2, 12))
+    expected = model(ids)
+    torch.testing.assert_close(compiled(ids), expected)
+    torch.testing.assert_close(compiled(ids), expected)  # a second call must not recompile
+    assert len(graphs) == 1
+    targets = {str(node.target) for node in graphs[0].graph.nodes if node.op in ("call_function", "call_method")}
+    assert not {name for name in targets if "cos" in name or "sin" in name}, targets
+
+
 # ---------------------------------------------------------------- forward outputs
 
 

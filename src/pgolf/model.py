@@ -125,11 +125,12 @@ class Rotary(nn.Module):
         self.reference_len = reference_len
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    # Kept out of compiled graphs: traced in-graph, inductor folds the fp64 cos/sin into every
+    # element-wise kernel that reads them and recomputes them per (B, T, H, D) element (on CPU
+    # that was about a fifth of a `tiny` training step, docs/performance.md). Called first in
+    # GPT.forward, the graph break leaves nothing before it, so the model still compiles to one graph.
+    @torch.compiler.disable
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.compiler.is_compiling():
-            # Inside a compiled graph the tables are computed (and folded) in-graph; touching the
-            # Python cache would add a guard on it and force a recompile once it fills.
-            return self._tables(seq_len, device, dtype)
         key = (seq_len, device, dtype)
         if key not in self._cache:
             self._cache[key] = self._tables(seq_len, device, dtype)
@@ -242,6 +243,7 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy (fp32 scalar) if `target_ids` (B, T) is given, else fp32 logits (B, T, V)."""
         config = self.config
+        cos, sin = self.rotary(input_ids.shape[1], input_ids.device, torch.float32)  # first: see Rotary
         sequence_starts = document_ids = None
         if config.document_isolation:
             sequence_starts = input_ids == config.bos_id  # (B, T)
@@ -253,7 +255,6 @@ class GPT(nn.Module):
         if self.smear is not None:
             x = self.smear(x, sequence_starts)
         x0 = x
-        cos, sin = self.rotary(input_ids.shape[1], x.device, torch.float32)
         saved: list[torch.Tensor] = []
         for index, block in enumerate(self.blocks):
             decoder_index = index - config.num_encoder_layers

@@ -186,8 +186,11 @@ class Muon(torch.optim.Optimizer):
                 if parameter.ndim != 2:
                     raise PgolfError(f"Muon only takes 2-D parameters, got shape {tuple(parameter.shape)}")
                 on_cuda = on_cuda or parameter.is_cuda
-        # On GPU the bf16 Newton-Schulz runs as one compiled kernel chain per shape; eager elsewhere.
-        self._orthogonalize = torch.compile(orthogonalize, fullgraph=True) if on_cuda else orthogonalize
+        # On GPU the bf16 Newton-Schulz runs as one compiled kernel chain per shape; eager elsewhere
+        # (compiled on CPU it was slower: 73 vs 47 ms per `tiny` step, docs/performance.md). Not
+        # fullgraph: a model with more matrix shapes than dynamo's recompile limit then runs the
+        # extra shapes eagerly instead of failing.
+        self._orthogonalize = torch.compile(orthogonalize, dynamic=False) if on_cuda else orthogonalize
         self.batch_by_shape = on_cuda if batch_by_shape is None else batch_by_shape
 
     def _nesterov_updates(self) -> list[torch.Tensor]:
