@@ -192,7 +192,7 @@ def main() -> int:
             torch._dynamo.reset()
             measure("sdpa", setup, shard, peak, rows, extra=False)
     print()
-    print(bench.format_table(["measure", "value", "target / note", ""], rows))
+    print(bench.format_table(["measure", "value", "target / note", "met?"], rows))
     return 0
 
 
