@@ -16,11 +16,11 @@ error relative to an fp32 SDPA reference:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from cpu_attention_dtype import median_milliseconds  # sibling script: benchmarks/ is on sys.path
 
 SHAPES = ((32, 4, 2, 256, 64), (1, 8, 4, 2048, 64))  # tiny, pr198
 
@@ -78,16 +78,6 @@ def flash_with_matmul_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     heads_first = [t.transpose(1, 2) for t in (q, k, v)]
     keys, values = (t.repeat_interleave(groups, dim=1) for t in heads_first[1:])
     return FlashForwardMatmulBackward.apply(heads_first[0], keys, values).transpose(1, 2)
-
-
-def median_milliseconds(function, repeats: int = 5) -> float:
-    function()  # warm-up (and compilation)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds) * 1e3
 
 
 def main() -> None:

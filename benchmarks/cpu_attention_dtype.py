@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from pgolf import attention
+from pgolf import attention, bench
 
 SHAPES = ((32, 4, 2, 256, 32), (32, 4, 2, 256, 64), (1, 8, 4, 2048, 64))  # tiny at width 128, tiny, pr198
 
 
 def median_milliseconds(function, repeats: int = 5) -> float:
-    function()  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds) * 1e3
+    function()  # warm-up (and compilation)
+    return statistics.median(bench.time_calls(function, repeats, torch.device("cpu"))) * 1e3
 
 
 def main() -> None:
