@@ -127,7 +127,7 @@ class Rotary(nn.Module):
 
     # Kept out of compiled graphs: traced in-graph, inductor folds the fp64 cos/sin into every
     # element-wise kernel that reads them and recomputes them per (B, T, H, D) element (on CPU
-    # that was about a fifth of a `tiny` training step, docs/performance.md). Called first in
+    # that was about a sixth of a `tiny` training step, docs/log.md). Called first in
     # GPT.forward, the graph break leaves nothing before it, so the model still compiles to one graph.
     @torch.compiler.disable
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
