@@ -9,6 +9,7 @@ error relative to an fp32 SDPA reference:
 * blocked-N:   scores from matmuls, query blocks of N against the keys up to the block's end
                (skips most of the masked half), softmax in fp32; N = T is the full square
 * flash+mm-bwd: SDPA's flash forward (keeps its log-sum-exp), a backward written with matmuls
+* flash+mm-bwd-8rows: the same backward, eager, over chunks of 8 (batch, head) rows at a time
 
     PYTHONPATH=src python benchmarks/cpu_attention_alternatives.py --threads 2
 """
@@ -48,36 +49,47 @@ def blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> to
     return torch.cat(outputs, dim=-2).permute(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim)
 
 
+def matmul_attention_backward(q, k, v, out, log_sum_exp, grad_out):
+    """Gradients of causal attention for (N, T, D) tensors from the forward's output and log-sum-exp."""
+    scale = q.shape[-1] ** -0.5
+    length = q.shape[-2]
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2))  # fp32: P = exp(S - lse) needs it exact
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    probabilities = torch.where(causal, torch.exp(scores * scale - log_sum_exp.unsqueeze(-1)), 0.0)
+    grad_out = grad_out.to(q.dtype)
+    grad_v = torch.matmul(probabilities.to(q.dtype).transpose(-1, -2), grad_out)
+    grad_p = torch.matmul(grad_out, v.transpose(-1, -2)).float()
+    row_dot = (grad_out.float() * out.float()).sum(-1, keepdim=True)
+    grad_s = (probabilities * (grad_p - row_dot) * scale).to(q.dtype)
+    return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v
+
+
 class FlashForwardMatmulBackward(torch.autograd.Function):
-    """q, k, v (B, H, T, D) with k, v already repeated to H heads."""
+    """q, k, v (B, H, T, D) with k, v already repeated to H heads. `rows`: the backward runs over
+    chunks of that many (batch, head) rows, so each chunk's score matrices stay in cache; 0 = all."""
 
     @staticmethod
-    def forward(ctx, q, k, v):
+    def forward(ctx, q, k, v, rows):
         out, log_sum_exp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, is_causal=True)
         ctx.save_for_backward(q, k, v, out, log_sum_exp)
+        ctx.rows = rows
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, log_sum_exp = ctx.saved_tensors
-        scale = q.shape[-1] ** -0.5
-        length = q.shape[-2]
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2))  # fp32: P = exp(S - lse) needs it exact
-        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-        probabilities = torch.where(causal, torch.exp(scores * scale - log_sum_exp.unsqueeze(-1)), 0.0)
-        grad_out = grad_out.to(q.dtype)
-        grad_v = torch.matmul(probabilities.to(q.dtype).transpose(-1, -2), grad_out)
-        grad_p = torch.matmul(grad_out, v.transpose(-1, -2)).float()
-        row_dot = (grad_out.float() * out.float()).sum(-1, keepdim=True)
-        grad_s = (probabilities * (grad_p - row_dot) * scale).to(q.dtype)
-        return torch.matmul(grad_s, k), torch.matmul(grad_s.transpose(-1, -2), q), grad_v
+        tensors = [t.flatten(0, 1) for t in (*ctx.saved_tensors, grad_out)]  # (B*H, T, ...)
+        rows = ctx.rows or tensors[0].shape[0]
+        chunks = [matmul_attention_backward(*(t[start:start + rows] for t in tensors))
+                  for start in range(0, tensors[0].shape[0], rows)]
+        shape = ctx.saved_tensors[0].shape
+        return (*(torch.cat(parts).view(shape) for parts in zip(*chunks)), None)
 
 
-def flash_with_matmul_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def flash_with_matmul_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int = 0) -> torch.Tensor:
     groups = q.shape[2] // k.shape[2]
     heads_first = [t.transpose(1, 2) for t in (q, k, v)]
     keys, values = (t.repeat_interleave(groups, dim=1) for t in heads_first[1:])
-    return FlashForwardMatmulBackward.apply(heads_first[0], keys, values).transpose(1, 2)
+    return FlashForwardMatmulBackward.apply(heads_first[0], keys, values, rows).transpose(1, 2)
 
 
 def main() -> None:
@@ -86,7 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for batch, heads, kv_heads, length, head_dim in SHAPES:
-        candidates = {"sdpa": sdpa, "flash+mm-bwd": flash_with_matmul_backward}
+        candidates = {"sdpa": sdpa, "flash+mm-bwd": flash_with_matmul_backward,
+                      "flash+mm-bwd-8rows": lambda q, k, v: flash_with_matmul_backward(q, k, v, rows=8)}
         for block in sorted({256, 512, length}):
             candidates[f"blocked-{block}"] = lambda q, k, v, block=block: blocked(q, k, v, block)
         for dtype in (torch.bfloat16, torch.float32):
@@ -97,7 +110,7 @@ def main() -> None:
             reference = [t.detach().float().requires_grad_() for t in (q, k, v)]
             (sdpa(*reference) * weights).sum().backward()
             for name, function in candidates.items():
-                for compiled in (False, True):
+                for compiled in (False, True) if "rows" not in name else (False,):  # chunks would unroll
                     torch._dynamo.reset()  # the blocked lambdas share one code object: no recompile limit
                     run = torch.compile(function) if compiled else function
 
