@@ -182,6 +182,16 @@ def test_compiled_model_reads_cached_rotary_tables_instead_of_recomputing_them()
     assert not {name for name in targets if "cos" in name or "sin" in name}, targets
 
 
+def test_training_after_evaluation_under_inference_mode():
+    """The rotary cache filled by an inference_mode forward must still serve a training backward."""
+    model = randomized_model(SMALL).train()
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.inference_mode():
+        model(ids)
+    model(ids, ids).backward()
+    assert model.blocks[0].attn.c_q.weight.grad is not None
+
+
 # ---------------------------------------------------------------- forward outputs
 
 

@@ -133,7 +133,10 @@ class Rotary(nn.Module):
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (seq_len, device, dtype)
         if key not in self._cache:
-            self._cache[key] = self._tables(seq_len, device, dtype)
+            # ordinary tensors even when the first call comes from evaluation under inference_mode,
+            # which training could not save for backward later
+            with torch.inference_mode(False):
+                self._cache[key] = self._tables(seq_len, device, dtype)
         return self._cache[key]
 
     def _tables(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
