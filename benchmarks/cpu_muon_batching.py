@@ -9,11 +9,11 @@ settings alternate, `--tries` times, three timed steps each after one untimed st
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
+from pgolf import bench
 from pgolf.optim import Muon
 
 # pr198: 11 layers of c_q/proj (512, 512), c_k/c_v (256, 512), fc (1536, 512), mlp proj (512, 1536),
@@ -28,12 +28,7 @@ def step_seconds(batch_by_shape: bool, steps: int = 3) -> list[float]:
         parameter.grad = torch.randn(parameter.shape, generator=generator)
     optimizer = Muon(parameters, lr=0.02, momentum=0.95, ns_steps=5, batch_by_shape=batch_by_shape)
     optimizer.step()  # untimed: allocations, kernel selection
-    seconds = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        optimizer.step()
-        seconds.append(time.perf_counter() - started)
-    return seconds
+    return bench.time_calls(optimizer.step, steps, torch.device("cpu"))
 
 
 def main() -> None:
