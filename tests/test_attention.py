@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pgolf import attention
+from pgolf.kernels import cpu_attention
 from pgolf.attention import (attention_backend_name, causal_attention, document_boundaries,
                              document_causal_mask)
 
@@ -81,9 +82,12 @@ def test_document_boundaries_restart_at_every_row():
     assert document_boundaries(ids).dtype == torch.int32
 
 
-def test_backend_name_on_cpu_is_sdpa():
+def test_backend_name_on_cpu_is_sdpa(monkeypatch):
+    monkeypatch.setattr(cpu_attention, "_ready", False)
     assert attention_backend_name("cpu") == "sdpa"
     assert attention_backend_name(torch.device("cpu")) == "sdpa"
+    monkeypatch.setattr(cpu_attention, "_ready", True)
+    assert attention_backend_name("cpu") == "sdpa+amx-backward"
 
 
 def test_bf16_inputs_give_bf16_output_close_to_reference():

@@ -27,6 +27,7 @@ from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
 from pgolf.evaluate import evaluate, truncate_val_tokens
+from pgolf.kernels import cpu_attention
 from pgolf.metric import ByteTables, byte_tables_from_sentencepiece
 from pgolf.model import GPT, num_parameters
 from pgolf.optim import build_optimizers
@@ -121,6 +122,8 @@ def build_trainer(config: RunConfig, dist: DistInfo, run: RunData, quiet: bool =
         model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                         broadcast_buffers=False)
     dtype = autocast_dtype(config, dist.device)
+    if dist.device.type == "cpu" and dtype == torch.bfloat16:
+        cpu_attention.prepare()  # builds pgolf's AMX attention backward on first use; SDPA's otherwise
     return Trainer(
         config=config, dist=dist, base_model=base_model, model=model,
         optimizers=build_optimizers(base_model, config, dist),
@@ -137,6 +140,7 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
     return {
         "parameters": num_parameters(trainer.base_model),
         "attention_backend": attention_backend_name(trainer.dist.device),
+        **cpu_kernel_note(trainer),
         "grad_accum_steps": trainer.grad_accum_steps,
         "autocast": "fp32" if autocast_dtype(config, trainer.dist.device) is None else "bf16",
         "compiled": should_compile(config.compile, trainer.dist.device),
@@ -146,6 +150,14 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
         "tokenizer_sha256": run.tokenizer_sha256[:16],
         "predicted_model_bytes": predict_model_bytes(config.model, SCHEMES[config.quant_scheme]),
     }
+
+
+def cpu_kernel_note(trainer: Trainer) -> dict[str, str]:
+    """Why a bf16 CPU run trains without pgolf's AMX attention backward (nothing when it has it)."""
+    reason = cpu_attention.unavailable_reason()
+    if trainer.dist.device.type != "cpu" or autocast_dtype(trainer.config, trainer.dist.device) is None or not reason:
+        return {}
+    return {"amx_backward_unavailable": reason}
 
 
 def budget_warning(config: RunConfig, bytes_code: int) -> str | None:

@@ -18,6 +18,10 @@ imports, the tensors are on a CUDA device of compute capability 9.x, and the
 dtype is bf16 or fp16 (FA3 has no fp32 kernels). Everything else goes through
 `torch.nn.functional.scaled_dot_product_attention`.
 
+On CPU, bf16 training (a gradient wanted, no document ids, T a multiple of 128, D of 64) goes
+through `pgolf.kernels.cpu_attention` once `pgolf.kernels.cpu_attention.prepare()` has built it:
+PyTorch's flash forward with pgolf's AMX backward, 1.7-3x faster than SDPA's (docs/performance.md).
+
 On CPU, bf16/fp16 inputs with head_dim below `CPU_LOW_PRECISION_MIN_HEAD_DIM`
 are attended in fp32 and the result cast back: PyTorch's CPU flash kernel is
 slower in bf16 than in fp32 at head_dim 32 (docs/performance.md), and faster
@@ -30,6 +34,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from pgolf.kernels import cpu_attention
 
 try:  # the FA3 wheel is optional; without it we run SDPA everywhere
     from flash_attn_interface import flash_attn_func as _fa3_func
@@ -59,8 +65,14 @@ def _fa3_available_on(device: torch.device) -> bool:
 
 
 def attention_backend_name(device: torch.device | str) -> str:
-    """"fa3" or "sdpa": the backend `causal_attention` uses for bf16/fp16 tensors on `device` (for logs)."""
-    return "fa3" if _fa3_available_on(torch.device(device)) else "sdpa"
+    """The backend `causal_attention` trains with in bf16 on `device` (for logs): "fa3", "sdpa", or on CPU
+    once the AMX kernel is prepared "sdpa+amx-backward"."""
+    device = torch.device(device)
+    if _fa3_available_on(device):
+        return "fa3"
+    if device.type == "cpu" and cpu_attention.unavailable_reason() is None:
+        return "sdpa+amx-backward"
+    return "sdpa"
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -70,6 +82,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if document_ids is None:
             return _fa3_dense(q, k, v)
         return _fa3_documents(q, k, v, document_ids)
+    if document_ids is None and cpu_attention.usable(q, k, v):
+        return cpu_attention.causal_attention(q, k, v)
     return _sdpa(q, k, v, document_ids)
 
 

@@ -15,6 +15,7 @@ measured is recorded in `CPU_TRAINING_DEFAULT` (see docs/performance.md);
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 import statistics
@@ -31,6 +32,7 @@ from pgolf import flops
 from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
+from pgolf.kernels import cpu_attention
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class Variant:
     name: str
     autocast_dtype: str  # "fp32" | "bf16", as in RunConfig.autocast_dtype
     compile: bool
+    sdpa_backward: bool = False  # on CPU, keep PyTorch's attention backward instead of pgolf's AMX kernel
+
+    def step_context(self) -> contextlib.AbstractContextManager:
+        """What each of this variant's steps runs under."""
+        return cpu_attention.switched_off() if self.sdpa_backward else contextlib.nullcontext()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -49,6 +56,9 @@ VARIANTS: dict[str, Variant] = {
     "bf16": Variant("bf16", "bf16", False),
     "bf16+compile": Variant("bf16+compile", "bf16", True),
     "fp32+compile": Variant("fp32+compile", "fp32", True),
+    # For measuring pgolf's CPU attention kernel against PyTorch's backward in one run:
+    "bf16+sdpa-bwd": Variant("bf16+sdpa-bwd", "bf16", False, sdpa_backward=True),
+    "bf16+compile+sdpa-bwd": Variant("bf16+compile+sdpa-bwd", "bf16", True, sdpa_backward=True),
 }
 CPU_VARIANTS = ("fp32", "bf16", "bf16+compile")
 GPU_VARIANTS = ("bf16+compile",)
@@ -223,7 +233,8 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
         try:
             trainer = build_bench_trainer(config, device, shard)
             for _ in range(warmup_steps):
-                measurement.losses.append(float(train_step(trainer)))
+                with variant.step_context():
+                    measurement.losses.append(float(train_step(trainer)))
         except Exception as error:  # a compile failure must not hide the other variants' numbers
             if not variant.compile:
                 raise
@@ -233,12 +244,13 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
             measurement.peak_memory = torch.cuda.max_memory_allocated(device) - held_before
         trainers.append(trainer)
     for _ in range(timed_steps):
-        for trainer, measurement in zip(trainers, measurements):
+        for (variant, _), trainer, measurement in zip(runs, trainers, measurements):
             if trainer is None:
                 continue
             synchronize(device)
             started = time.perf_counter()
-            loss = train_step(trainer)
+            with variant.step_context():
+                loss = train_step(trainer)
             synchronize(device)
             measurement.step_seconds.append(time.perf_counter() - started)
             measurement.losses.append(float(loss))  # after the clock: the sync is not timed

@@ -133,6 +133,12 @@ def run_train(args: argparse.Namespace) -> int:
     # one more peak after the runs: the machine may be busier or cooler now; use the higher
     peaks["bf16"] = max(peaks["bf16"], bench.matmul_peak(device, torch.bfloat16, args.sizes)[0])
 
+    if device.type == "cpu" and any(variant.autocast_dtype == "bf16" for variant in variants):
+        from pgolf.kernels import cpu_attention
+
+        reason = cpu_attention.unavailable_reason()
+        print("bf16 attention backward: " + (f"PyTorch's ({reason})" if reason else
+                                             "pgolf's AMX kernel (PyTorch's in *+sdpa-bwd variants)"))
     baseline = next((m for m in measurements if m.variant == "fp32" and not m.error), None)
     rows = []
     for variant, m in zip(variants, measurements):
@@ -144,8 +150,8 @@ def run_train(args: argparse.Namespace) -> int:
         memory = f"{m.peak_memory / 2**30:.2f}" if device.type == "cuda" else "-"
         rows.append([variant.name, f"{m.median_seconds * 1e3:.1f}", f"{m.tokens_per_second:,.0f}",
                      f"{m.flops_per_second / 1e12:.3f}", f"{m.flops_per_second / peaks[variant.autocast_dtype]:.1%}",
-                     f"{m.flops_per_second / peaks['bf16']:.1%}", f"{speedup:.2f}x", f"{m.losses[-1]:.4f}",
-                     f"{loss_gap:.4f}", memory])
+                     f"{m.flops_per_second / peaks['bf16']:.1%}", f"{speedup:.2f}x" if baseline else "-",
+                     f"{m.losses[-1]:.4f}", f"{loss_gap:.4f}" if baseline else "-", memory])
     print()
     print(bench.format_table(["variant", "ms/step", "tokens/s", "TFLOP/s", "MFU (own dtype)", "MFU (bf16 peak)",
                               "vs fp32", "last loss", "max |Δloss| vs fp32", "peak mem GiB"], rows))

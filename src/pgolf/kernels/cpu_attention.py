@@ -1,0 +1,114 @@
+"""Causal attention on CPU with pgolf's AMX backward (`cpu_attention_backward.cpp`).
+
+The forward is PyTorch's CPU flash kernel, which also returns the log-sum-exp the backward
+needs; the backward is pgolf's, which keeps its tiles in fp32 and in the AMX tile unit and ran
+1.7-3x faster than PyTorch's CPU flash backward at the `pr198` and `tiny` shapes
+(benchmarks/cpu_attention_alternatives.py, docs/performance.md). Both are wrapped as one
+`torch.library` custom op with its own autograd formula, so `torch.compile` keeps it as a single
+opaque node and the model still compiles to one graph.
+
+`prepare()` compiles and loads the kernel (once per machine, ~15 s; cached after that) and must be
+called before `usable()` can say yes: the model code never triggers a build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pgolf.kernels.build import amx_unavailable_reason, load_operator_library
+
+TILE = 128  # the kernel's query/key block: T must be a multiple of it
+CHUNK = 64  # head_dim must be a multiple of it
+
+_ready = False
+_reason: str | None = None  # why prepare() failed
+
+
+def prepare() -> str | None:
+    """Build and load the kernel if this machine can run it. None when ready, else the reason why not."""
+    global _ready, _reason
+    if _ready:
+        return None
+    reason = amx_unavailable_reason() or load_operator_library("pgolf_cpu_attention", "cpu_attention_backward.cpp")
+    if reason is None and not torch.ops.pgolf_cpu.supported():
+        reason = "oneDNN reports no AMX bf16 packing on this CPU"
+    if reason is None:
+        _register_backward_fake()
+    _ready, _reason = reason is None, reason
+    return reason
+
+
+def unavailable_reason() -> str | None:
+    """None when `prepare()` succeeded, else why the kernel is not in use."""
+    if _ready:
+        return None
+    return _reason or "pgolf.kernels.cpu_attention.prepare() was not called"
+
+
+@contextlib.contextmanager
+def switched_off():
+    """Within the block `usable` says no, so attention trains with SDPA's backward (for A/B timing)."""
+    global _ready
+    was_ready, _ready = _ready, False
+    try:
+        yield
+    finally:
+        _ready = was_ready
+
+
+def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `causal_attention` handles these (B, T, H, D) / (B, T, Hkv, D) tensors: bf16 on CPU, a
+    gradient wanted, T a multiple of 128 and D of 64. Otherwise the caller uses SDPA."""
+    if not _ready or q.device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    if not (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    if any(t.dtype != torch.bfloat16 for t in (q, k, v)):
+        return False
+    length, heads, head_dim = q.shape[1:]
+    return length % TILE == 0 and head_dim % CHUNK == 0 and heads % k.shape[2] == 0
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal GQA attention, (B, T, H, D) queries and (B, T, Hkv, D) keys/values; scale 1/sqrt(D)."""
+    out, _ = _flash_attention(q.contiguous(), k.contiguous(), v.contiguous())
+    return out
+
+
+@torch.library.custom_op("pgolf::cpu_flash_attention", mutates_args=())
+def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output (B, T, H, D) and log-sum-exp (B, H, T) fp32 of PyTorch's CPU flash forward."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    return out.transpose(1, 2).contiguous(), lse.contiguous()
+
+
+@_flash_attention.register_fake
+def _flash_attention_fake(q, k, v):
+    batch, length, heads, _ = q.shape
+    return torch.empty_like(q), q.new_empty((batch, heads, length), dtype=torch.float32)
+
+
+def _save_for_backward(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _flash_attention_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    grad_q, grad_k, grad_v = torch.ops.pgolf_cpu.causal_attention_backward(
+        q, k, v, out, grad_out.contiguous(), lse, q.shape[-1] ** -0.5)
+    return grad_q, grad_k, grad_v
+
+
+_flash_attention.register_autograd(_flash_attention_backward, setup_context=_save_for_backward)
+
+
+def _register_backward_fake() -> None:
+    """Shapes of the C++ operator's outputs, so that compiled graphs can trace its call."""
+    try:
+        torch.library.register_fake("pgolf_cpu::causal_attention_backward")(
+            lambda q, k, v, out, grad_out, lse, scale: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)))
+    except RuntimeError:  # already registered in this process
+        pass

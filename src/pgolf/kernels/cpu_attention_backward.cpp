@@ -1,0 +1,261 @@
+// Causal attention backward for bf16 on x86 CPUs with AMX, as a PyTorch operator.
+//
+//   pgolf::causal_attention_backward(q, k, v, out, grad_out, lse, scale) -> (grad_q, grad_k, grad_v)
+//
+// Layout: q, out, grad_out (B, T, H, D); k, v (B, T, Hkv, D); all contiguous bf16, H a multiple of
+// Hkv (query head h reads kv head h / (H / Hkv)); lse (B, H, T) fp32 contiguous, the log-sum-exp
+// of the scaled scores as PyTorch's CPU flash forward returns it. T a multiple of 128, D of 64.
+//
+// FlashAttention-2's backward on 128 x 128 tiles: each (batch, kv head) is one task; its keys and
+// values are packed once for the AMX tile unit (VNNI layout) and its grad_k / grad_v accumulate in
+// fp32 over the query heads of its group, so no two threads write the same rows. Per tile pair
+// (query block i, key block j <= i): S = Q_i K_j^T and dP = dO_i V_j^T (brgemm, bf16 in, fp32
+// out), P = exp(scale S - lse) with the causal mask on the diagonal tile, dS = P (dP - delta)
+// scale, then dV_j += P^T dO_i, dK_j += dS^T Q_i, dQ_i += dS K_j. Every product is a 64 x 64 x 64
+// brgemm call with N = 64 (oneDNN packs B operands up to 64 wide).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
+#include <fbgemm/Utils.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::BFloat16;
+using Vec = at::vec::Vectorized<float>;
+namespace cpublas = at::native::cpublas;
+
+constexpr int64_t kTile = 128;  // query and key block
+constexpr int64_t kChunk = 64;  // columns of one packed B operand (oneDNN packs N of 16..64)
+
+// dst (cols x rows, leading dimension ld_dst) = src (rows x cols, ld_src) transposed (AVX-512,
+// from the FBGEMM that libtorch_cpu carries).
+inline void transpose(const BFloat16* src, int64_t ld_src, BFloat16* dst, int64_t ld_dst,
+                      int64_t rows, int64_t cols) {
+  fbgemm::transpose_simd<uint16_t>(rows, cols, reinterpret_cast<const uint16_t*>(src), ld_src,
+                                   reinterpret_cast<uint16_t*>(dst), ld_dst);
+}
+
+// Pack a (rows x 64) bf16 matrix (leading dimension ld_src) as a brgemm B operand (VNNI pairs of
+// rows). oneDNN's pack wants the input's leading dimension equal to N, hence the copy to `scratch`.
+void pack_chunk(const BFloat16* src, int64_t ld_src, int64_t rows, BFloat16* scratch, BFloat16* dst) {
+  const BFloat16* contiguous = src;
+  if (ld_src != kChunk) {
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(scratch + r * kChunk, src + r * ld_src, kChunk * sizeof(BFloat16));
+    }
+    contiguous = scratch;
+  }
+  cpublas::pack(rows, kChunk, kChunk, kChunk, at::kBFloat16, at::kBFloat16, contiguous, dst);
+}
+
+// C (M x 64 at c, leading dimension ld_c) = A (M x K, ld_a) x B (K x 64, packed) [+ C].
+inline void product(int64_t m, int64_t depth, int64_t ld_a, int64_t ld_c, bool accumulate,
+                    const BFloat16* a, const BFloat16* b_packed, float* c) {
+  cpublas::brgemm(m, kChunk, depth, ld_a, kChunk, ld_c, accumulate, a, b_packed, c);
+}
+
+// Per-thread scratch for one (batch, kv head) task.
+struct Workspace {
+  int64_t head_dim;
+  std::vector<BFloat16> keys_t, values_t, keys, queries, grad_outs, transposed, scratch;
+  std::vector<BFloat16> probs, grad_scores, probs_t, grad_scores_t;
+  std::vector<float> grad_keys, grad_values, grad_query, delta, scores, grad_probs;
+
+  Workspace(int64_t length, int64_t head_dim_) : head_dim(head_dim_) {
+    const int64_t matrix = length * head_dim;
+    keys_t.resize(matrix);     // K^T per 64 keys, packed: B of S = Q K^T
+    values_t.resize(matrix);   // V^T per 64 keys, packed: B of dP = dO V^T
+    keys.resize(matrix);       // K per tile of keys and 64 columns, packed: B of dQ += dS K
+    queries.resize(matrix);    // Q likewise: B of dK += dS^T Q
+    grad_outs.resize(matrix);  // dO likewise: B of dV += P^T dO
+    transposed.resize(head_dim * kChunk);
+    scratch.resize(std::max(head_dim, kTile) * kChunk);
+    for (auto* tile : {&probs, &grad_scores, &probs_t, &grad_scores_t}) tile->resize(kTile * kTile);
+    grad_keys.resize(matrix);
+    grad_values.resize(matrix);
+    grad_query.resize(kTile * head_dim);
+    delta.resize(length);
+    scores.resize(kTile * kTile);
+    grad_probs.resize(kTile * kTile);
+  }
+};
+
+// Rows [0, 128) of a (T, ld) matrix, packed as head_dim / 64 B operands of 128 x 64.
+void pack_rows(const BFloat16* rows, int64_t ld, int64_t head_dim, BFloat16* scratch, BFloat16* dst) {
+  for (int64_t c = 0; c < head_dim / kChunk; ++c) {
+    pack_chunk(rows + c * kChunk, ld, kTile, scratch, dst + c * kTile * kChunk);
+  }
+}
+
+// (Rows [0, 128) of a (T, ld) matrix)^T, packed as two (D x 64) B operands, one per 64 rows.
+void pack_transposed_rows(const BFloat16* rows, int64_t ld, Workspace& w, BFloat16* dst) {
+  for (int64_t half = 0; half < kTile / kChunk; ++half) {
+    transpose(rows + half * kChunk * ld, ld, w.transposed.data(), kChunk, kChunk, w.head_dim);
+    pack_chunk(w.transposed.data(), kChunk, w.head_dim, w.scratch.data(), dst + half * w.head_dim * kChunk);
+  }
+}
+
+// From S and dP of one tile pair: P = exp(scale S - lse), zero above the diagonal on the diagonal
+// tile, and dS = P (dP - delta) scale, as bf16 tiles, row-major and transposed.
+void softmax_gradient(Workspace& w, const float* lse, const float* delta, float scale, bool diagonal) {
+  const Vec scale_vec(scale);
+  const Vec zero(0.0f);
+  for (int64_t r = 0; r < kTile; ++r) {
+    const float* score_row = w.scores.data() + r * kTile;
+    const float* grad_row = w.grad_probs.data() + r * kTile;
+    BFloat16* prob_out = w.probs.data() + r * kTile;
+    BFloat16* grad_out = w.grad_scores.data() + r * kTile;
+    const Vec row_lse(lse[r]);
+    const Vec row_delta(delta[r]);
+    const int64_t end = diagonal ? r + 1 : kTile;  // columns past `end` are masked
+    for (int64_t c = 0; c < kTile; c += 2 * Vec::size()) {
+      Vec p[2], ds[2];
+      for (int half = 0; half < 2; ++half) {
+        const int64_t col = c + half * Vec::size();
+        p[half] = (Vec::loadu(score_row + col) * scale_vec - row_lse).exp_u20();
+        if (col + Vec::size() > end) {
+          const Vec columns = Vec::arange(static_cast<float>(col), 1.0f);
+          p[half] = Vec::blendv(p[half], zero, columns >= Vec(static_cast<float>(end)));
+        }
+        ds[half] = p[half] * (Vec::loadu(grad_row + col) - row_delta) * scale_vec;
+      }
+      at::vec::convert_float_bfloat16(p[0], p[1]).store(prob_out + c);
+      at::vec::convert_float_bfloat16(ds[0], ds[1]).store(grad_out + c);
+    }
+  }
+  transpose(w.probs.data(), kTile, w.probs_t.data(), kTile, kTile, kTile);
+  transpose(w.grad_scores.data(), kTile, w.grad_scores_t.data(), kTile, kTile, kTile);
+}
+
+void store_rows(const float* src, int64_t rows, int64_t head_dim, BFloat16* dst, int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    at::vec::convert(src + r * head_dim, dst + r * ld_dst, head_dim);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention_backward(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& grad_out, const at::Tensor& lse, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be (B, T, H, D)");
+  for (const auto* t : {&q, &k, &v, &out, &grad_out}) {
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->device().is_cpu(),
+                "q, k, v, out, grad_out must be contiguous bf16 CPU tensors");
+  }
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "lse must be contiguous fp32 (B, H, T)");
+  const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), head_dim = q.size(3);
+  const int64_t kv_heads = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == batch && k.size(1) == length && k.size(3) == head_dim,
+              "k and v must be (B, T, Hkv, D) matching q");
+  TORCH_CHECK(out.sizes() == q.sizes() && grad_out.sizes() == q.sizes(), "out and grad_out must match q");
+  TORCH_CHECK(heads % kv_heads == 0, "query heads must be a multiple of kv heads");
+  TORCH_CHECK(length % kTile == 0 && head_dim % kChunk == 0, "T must be a multiple of 128 and D of 64");
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == batch && lse.size(1) == heads && lse.size(2) == length,
+              "lse must be (B, H, T)");
+
+  auto grad_q = at::empty_like(q);
+  auto grad_k = at::empty_like(k);
+  auto grad_v = at::empty_like(v);
+  const int64_t group = heads / kv_heads;
+  const int64_t tiles = length / kTile;
+  const int64_t chunks = head_dim / kChunk;
+  const int64_t q_row = heads * head_dim, kv_row = kv_heads * head_dim;
+  const int64_t tile_matrix = kTile * head_dim;  // elements of one packed 128-row block of Q, K, dO
+  const float scale_f = static_cast<float>(scale);
+
+  const BFloat16* q_data = q.const_data_ptr<BFloat16>();
+  const BFloat16* k_data = k.const_data_ptr<BFloat16>();
+  const BFloat16* v_data = v.const_data_ptr<BFloat16>();
+  const BFloat16* o_data = out.const_data_ptr<BFloat16>();
+  const BFloat16* do_data = grad_out.const_data_ptr<BFloat16>();
+  const float* lse_data = lse.const_data_ptr<float>();
+  BFloat16* dq_data = grad_q.data_ptr<BFloat16>();
+  BFloat16* dk_data = grad_k.data_ptr<BFloat16>();
+  BFloat16* dv_data = grad_v.data_ptr<BFloat16>();
+
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    Workspace w(length, head_dim);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, kv_head = task % kv_heads;
+      const BFloat16* k_base = k_data + b * length * kv_row + kv_head * head_dim;
+      const BFloat16* v_base = v_data + b * length * kv_row + kv_head * head_dim;
+      for (int64_t j = 0; j < tiles; ++j) {
+        pack_transposed_rows(k_base + j * kTile * kv_row, kv_row, w, w.keys_t.data() + j * tile_matrix);
+        pack_transposed_rows(v_base + j * kTile * kv_row, kv_row, w, w.values_t.data() + j * tile_matrix);
+        pack_rows(k_base + j * kTile * kv_row, kv_row, head_dim, w.scratch.data(), w.keys.data() + j * tile_matrix);
+      }
+      std::fill(w.grad_keys.begin(), w.grad_keys.end(), 0.0f);
+      std::fill(w.grad_values.begin(), w.grad_values.end(), 0.0f);
+
+      for (int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h) {
+        const int64_t head_offset = b * length * q_row + h * head_dim;
+        const BFloat16* q_base = q_data + head_offset;
+        const BFloat16* o_base = o_data + head_offset;
+        const BFloat16* do_base = do_data + head_offset;
+        const float* head_lse = lse_data + (b * heads + h) * length;
+        for (int64_t i = 0; i < tiles; ++i) {
+          pack_rows(q_base + i * kTile * q_row, q_row, head_dim, w.scratch.data(), w.queries.data() + i * tile_matrix);
+          pack_rows(do_base + i * kTile * q_row, q_row, head_dim, w.scratch.data(), w.grad_outs.data() + i * tile_matrix);
+        }
+        for (int64_t t = 0; t < length; ++t) {
+          w.delta[t] = at::vec::map2_reduce_all<BFloat16>(
+              [](Vec x, Vec y) { return x * y; }, [](Vec x, Vec y) { return x + y; },
+              do_base + t * q_row, o_base + t * q_row, head_dim);
+        }
+        for (int64_t i = 0; i < tiles; ++i) {
+          const BFloat16* q_tile = q_base + i * kTile * q_row;
+          const BFloat16* do_tile = do_base + i * kTile * q_row;
+          for (int64_t j = 0; j <= i; ++j) {
+            for (int64_t half = 0; half < kTile / kChunk; ++half) {
+              const int64_t packed = j * tile_matrix + half * head_dim * kChunk;
+              product(kTile, head_dim, q_row, kTile, false, q_tile, w.keys_t.data() + packed,
+                      w.scores.data() + half * kChunk);
+              product(kTile, head_dim, q_row, kTile, false, do_tile, w.values_t.data() + packed,
+                      w.grad_probs.data() + half * kChunk);
+            }
+            softmax_gradient(w, head_lse + i * kTile, w.delta.data() + i * kTile, scale_f, i == j);
+            for (int64_t c = 0; c < chunks; ++c) {
+              const int64_t packed = c * kTile * kChunk;
+              product(kTile, kTile, kTile, head_dim, true, w.probs_t.data(),
+                      w.grad_outs.data() + i * tile_matrix + packed,
+                      w.grad_values.data() + j * tile_matrix + c * kChunk);
+              product(kTile, kTile, kTile, head_dim, true, w.grad_scores_t.data(),
+                      w.queries.data() + i * tile_matrix + packed,
+                      w.grad_keys.data() + j * tile_matrix + c * kChunk);
+              product(kTile, kTile, kTile, head_dim, j > 0, w.grad_scores.data(),
+                      w.keys.data() + j * tile_matrix + packed, w.grad_query.data() + c * kChunk);
+            }
+          }
+          store_rows(w.grad_query.data(), kTile, head_dim, dq_data + head_offset + i * kTile * q_row, q_row);
+        }
+      }
+      store_rows(w.grad_keys.data(), length, head_dim, dk_data + b * length * kv_row + kv_head * head_dim, kv_row);
+      store_rows(w.grad_values.data(), length, head_dim, dv_data + b * length * kv_row + kv_head * head_dim, kv_row);
+    }
+    cpublas::brgemm_release();
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+bool supported() {
+  return cpublas::could_pack(at::kBFloat16);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(pgolf_cpu, m) {
+  m.def("causal_attention_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor grad_out, Tensor lse, "
+        "float scale) -> (Tensor, Tensor, Tensor)");
+  m.def("supported() -> bool", &supported);
+}
+
+TORCH_LIBRARY_IMPL(pgolf_cpu, CPU, m) {
+  m.impl("causal_attention_backward", &causal_attention_backward);
+}
