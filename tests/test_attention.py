@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pgolf import attention
-from pgolf.kernels import cpu_attention
 from pgolf.attention import (attention_backend_name, causal_attention, document_boundaries,
                              document_causal_mask)
 
@@ -83,11 +82,22 @@ def test_document_boundaries_restart_at_every_row():
 
 
 def test_backend_name_on_cpu_is_sdpa(monkeypatch):
-    monkeypatch.setattr(cpu_attention, "_ready", False)
+    monkeypatch.setattr(attention, "_cpu_training_kernel", None)
     assert attention_backend_name("cpu") == "sdpa"
     assert attention_backend_name(torch.device("cpu")) == "sdpa"
-    monkeypatch.setattr(cpu_attention, "_ready", True)
+    attention.register_cpu_training_kernel(lambda q, k, v: False, lambda q, k, v: q)
     assert attention_backend_name("cpu") == "sdpa+amx-backward"
+
+
+def test_registered_cpu_training_kernel_is_asked_first(monkeypatch):
+    monkeypatch.setattr(attention, "_cpu_training_kernel", None)
+    q, k, v = random_qkv(seed=5)
+    attention.register_cpu_training_kernel(lambda q, k, v: True, lambda q, k, v: torch.zeros_like(q))
+    assert causal_attention(q, k, v).abs().sum() == 0
+    ids = torch.zeros(q.shape[:2], dtype=torch.long)
+    assert causal_attention(q, k, v, document_ids=ids).abs().sum() > 0  # documents: never the kernel
+    attention.register_cpu_training_kernel(lambda q, k, v: False, lambda q, k, v: torch.zeros_like(q))
+    assert causal_attention(q, k, v).abs().sum() > 0
 
 
 def test_bf16_inputs_give_bf16_output_close_to_reference():

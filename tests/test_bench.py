@@ -13,6 +13,7 @@ from pgolf.cli import main
 from pgolf.config import ModelConfig, RunConfig
 from pgolf.errors import PgolfError
 from pgolf.evaluate import sliding_windows
+from pgolf.kernels import cpu_attention
 from pgolf.model import GPT
 
 # width 32, 4 heads of 8, 2 kv heads (kv width 16), MLP hidden 64, 2 layers, vocab 64, bigram 8 wide
@@ -92,11 +93,12 @@ def test_format_table_aligns_columns():
     assert lines[1].startswith("|---")
 
 
-def _agreement(tmp_path, names: str) -> dict[str, bench.TrainMeasurement]:
-    run = RunConfig(model=SMALL, seed=3, matrix_lr=0.02, scalar_lr=0.02, embed_lr=0.05)
-    shard = bench.write_synthetic_shard(tmp_path, SMALL.vocab_size, 20_000, seed=1)
+def _agreement(tmp_path, names: str, model: ModelConfig = SMALL, micro_batch: int = 4,
+               seq_len: int = 32) -> dict[str, bench.TrainMeasurement]:
+    run = RunConfig(model=model, seed=3, matrix_lr=0.02, scalar_lr=0.02, embed_lr=0.05)
+    shard = bench.write_synthetic_shard(tmp_path, model.vocab_size, 20_000, seed=1)
     device = torch.device("cpu")
-    runs = [(variant, bench.bench_run_config(run, variant, 4, 32, 2, device))
+    runs = [(variant, bench.bench_run_config(run, variant, micro_batch, seq_len, 2, device))
             for variant in bench.parse_variants(names)]
     measurements = bench.measure_training(runs, device, shard, warmup_steps=4, timed_steps=1)
     return {m.variant: m for m in measurements}
@@ -116,6 +118,16 @@ def _assert_agrees_with_fp32(results: dict[str, bench.TrainMeasurement], toleran
 def test_bf16_autocast_trains_like_fp32(tmp_path):
     # bf16 has 8 bits of mantissa: a loss near 4 carries ~0.016 of rounding per operation at worst
     _assert_agrees_with_fp32(_agreement(tmp_path, "fp32,bf16"), tolerance=0.03)
+
+
+def test_bf16_with_the_amx_attention_backward_trains_like_fp32(tmp_path):
+    """Head dim 64 and T = 128, where bf16 training on an AMX CPU uses pgolf's attention backward:
+    it and SDPA's backward (the +sdpa-bwd variant) both stay with fp32."""
+    model = ModelConfig(vocab_size=64, num_layers=2, model_dim=128, num_heads=2, num_kv_heads=1, mlp_mult=2,
+                        bigram_buckets=16, bigram_dim=16, rope_reference_len=128)
+    results = _agreement(tmp_path, "fp32,bf16,bf16+sdpa-bwd", model=model, micro_batch=2, seq_len=128)
+    _assert_agrees_with_fp32(results, tolerance=0.03)
+    assert results["bf16"].losses != results["bf16+sdpa-bwd"].losses or cpu_attention.unavailable_reason()
 
 
 @pytest.mark.slow

@@ -80,6 +80,9 @@ def test_usable_only_where_the_kernel_applies(kernel):
     assert kernel.usable(q, k, v)
     with torch.no_grad():
         assert not kernel.usable(q, k, v)
+    with kernel.switched_off():
+        assert not kernel.usable(q, k, v)
+    assert kernel.usable(q, k, v)
     assert not kernel.usable(q.float(), k.float(), v.float())
     short = [t[:, :192] for t in (q, k, v)]  # 192 is not a multiple of the 128 tile
     assert not kernel.usable(*short)

@@ -27,7 +27,6 @@ from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
 from pgolf.evaluate import evaluate, truncate_val_tokens
-from pgolf.kernels import cpu_attention
 from pgolf.metric import ByteTables, byte_tables_from_sentencepiece
 from pgolf.model import GPT, num_parameters
 from pgolf.optim import build_optimizers
@@ -123,7 +122,7 @@ def build_trainer(config: RunConfig, dist: DistInfo, run: RunData, quiet: bool =
                                         broadcast_buffers=False)
     dtype = autocast_dtype(config, dist.device)
     if dist.device.type == "cpu" and dtype == torch.bfloat16:
-        cpu_attention.prepare()  # builds pgolf's AMX attention backward on first use; SDPA's otherwise
+        prepare_cpu_attention(announce=dist.is_main and not quiet)
     return Trainer(
         config=config, dist=dist, base_model=base_model, model=model,
         optimizers=build_optimizers(base_model, config, dist),
@@ -152,12 +151,36 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
     }
 
 
+def _cpu_attention_module():
+    """pgolf.kernels.cpu_attention, or None where it is not shipped (the exported single-file bundle)."""
+    try:
+        from pgolf.kernels import cpu_attention
+    except ImportError:
+        return None
+    return cpu_attention
+
+
+def prepare_cpu_attention(announce: bool) -> str | None:
+    """Load pgolf's AMX attention backward for bf16 CPU training; None when in use, else why not."""
+    module = _cpu_attention_module()
+    if module is None:
+        return "pgolf.kernels is not part of this bundle"
+    if module.attempted():
+        return module.unavailable_reason()
+    if announce:
+        print("CPU attention: loading pgolf's AMX backward (compiled on first use, ~20 s)", flush=True)
+    reason = module.prepare()  # on failure training keeps SDPA's backward
+    if reason and announce:
+        print(f"CPU attention: PyTorch's backward ({reason})", flush=True)
+    return reason
+
+
 def cpu_kernel_note(trainer: Trainer) -> dict[str, str]:
     """Why a bf16 CPU run trains without pgolf's AMX attention backward (nothing when it has it)."""
-    reason = cpu_attention.unavailable_reason()
-    if trainer.dist.device.type != "cpu" or autocast_dtype(trainer.config, trainer.dist.device) is None or not reason:
+    if trainer.dist.device.type != "cpu" or autocast_dtype(trainer.config, trainer.dist.device) is None:
         return {}
-    return {"amx_backward_unavailable": reason}
+    reason = prepare_cpu_attention(announce=False)
+    return {"amx_backward_unavailable": reason} if reason else {}
 
 
 def budget_warning(config: RunConfig, bytes_code: int) -> str | None:

@@ -18,9 +18,9 @@ imports, the tensors are on a CUDA device of compute capability 9.x, and the
 dtype is bf16 or fp16 (FA3 has no fp32 kernels). Everything else goes through
 `torch.nn.functional.scaled_dot_product_attention`.
 
-On CPU, bf16 training (a gradient wanted, no document ids, T a multiple of 128, D of 64) goes
-through `pgolf.kernels.cpu_attention` once `pgolf.kernels.cpu_attention.prepare()` has built it:
-PyTorch's flash forward with pgolf's AMX backward, 1.7-3x faster than SDPA's (docs/performance.md).
+A CPU training kernel can be registered from outside this file (`register_cpu_training_kernel`;
+`pgolf.kernels.cpu_attention.prepare()` registers pgolf's AMX backward). It is asked first for
+inputs without document ids; evaluation never needs it, so it stays out of the counted code.
 
 On CPU, bf16/fp16 inputs with head_dim below `CPU_LOW_PRECISION_MIN_HEAD_DIM`
 are attended in fp32 and the result cast back: PyTorch's CPU flash kernel is
@@ -31,11 +31,10 @@ at 64. The result differs from a bf16 kernel only by bf16 rounding.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
-from pgolf.kernels import cpu_attention
 
 try:  # the FA3 wheel is optional; without it we run SDPA everywhere
     from flash_attn_interface import flash_attn_func as _fa3_func
@@ -52,6 +51,16 @@ CPU_LOW_PRECISION_MIN_HEAD_DIM = 64
 _SDPA_HAS_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2] if part.isdigit()) >= (2, 5)
 
 
+# (usable(q, k, v) -> bool, attend(q, k, v) -> output), or None: see register_cpu_training_kernel.
+_cpu_training_kernel: tuple[Callable[..., bool], Callable[..., torch.Tensor]] | None = None
+
+
+def register_cpu_training_kernel(usable: Callable[..., bool], attend: Callable[..., torch.Tensor]) -> None:
+    """Route causal attention without document ids through `attend(q, k, v)` whenever `usable(q, k, v)`."""
+    global _cpu_training_kernel
+    _cpu_training_kernel = (usable, attend)
+
+
 @functools.lru_cache(maxsize=None)
 def _is_hopper(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
@@ -66,11 +75,11 @@ def _fa3_available_on(device: torch.device) -> bool:
 
 def attention_backend_name(device: torch.device | str) -> str:
     """The backend `causal_attention` trains with in bf16 on `device` (for logs): "fa3", "sdpa", or on CPU
-    once the AMX kernel is prepared "sdpa+amx-backward"."""
+    with a registered training kernel "sdpa+amx-backward"."""
     device = torch.device(device)
     if _fa3_available_on(device):
         return "fa3"
-    if device.type == "cpu" and cpu_attention.unavailable_reason() is None:
+    if device.type == "cpu" and _cpu_training_kernel is not None:
         return "sdpa+amx-backward"
     return "sdpa"
 
@@ -82,8 +91,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if document_ids is None:
             return _fa3_dense(q, k, v)
         return _fa3_documents(q, k, v, document_ids)
-    if document_ids is None and cpu_attention.usable(q, k, v):
-        return cpu_attention.causal_attention(q, k, v)
+    if document_ids is None and _cpu_training_kernel is not None and _cpu_training_kernel[0](q, k, v):
+        return _cpu_training_kernel[1](q, k, v)
     return _sdpa(q, k, v, document_ids)
 
 

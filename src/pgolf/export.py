@@ -41,9 +41,10 @@ from pgolf.errors import PgolfError
 PACKAGE_ROOT = Path(__file__).resolve().parent
 SCRIPT_NAME = "train_gpt.py"
 ENTRY_MODULES: tuple[str, ...] = ("pgolf.train", "pgolf.challenge_entry")
-# imported only lazily inside a try by finalize.write_curves (a plot is a convenience and needs
-# matplotlib); the bundle reports it as missing and the run logs `curves_error`
-OPTIONAL_MODULES: frozenset[str] = frozenset({"pgolf.plot"})
+# imported only lazily inside a try: by finalize.write_curves (a plot is a convenience and needs
+# matplotlib; the bundle reports it as missing and the run logs `curves_error`), and by
+# assemble.prepare_cpu_attention (a CPU training kernel built from a C++ file the bundle lacks)
+OPTIONAL_MODULES: frozenset[str] = frozenset({"pgolf.plot", "pgolf.kernels", "pgolf.kernels.cpu_attention"})
 # provided by the challenge's environment and not listed in requirements.txt
 PROVIDED_IMPORTS: frozenset[str] = frozenset({"torch", "pgolf"})
 OPTIONAL_IMPORT_ERRORS = ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")

@@ -7,8 +7,8 @@ needs; the backward is pgolf's, which keeps its tiles in fp32 and in the AMX til
 `torch.library` custom op with its own autograd formula, so `torch.compile` keeps it as a single
 opaque node and the model still compiles to one graph.
 
-`prepare()` compiles and loads the kernel (once per machine, ~15 s; cached after that) and must be
-called before `usable()` can say yes: the model code never triggers a build.
+`prepare()` compiles and loads the kernel (once per machine, ~15 s; cached after that) and registers
+it with `pgolf.attention`; until then `usable()` says no: the model code never triggers a build.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from pgolf import attention
 from pgolf.kernels.build import amx_unavailable_reason, load_operator_library
 
 TILE = 128  # the kernel's query/key block: T must be a multiple of it
@@ -24,20 +25,27 @@ CHUNK = 64  # head_dim must be a multiple of it
 
 _ready = False
 _reason: str | None = None  # why prepare() failed
+_switched_off = False  # see switched_off()
 
 
 def prepare() -> str | None:
     """Build and load the kernel if this machine can run it. None when ready, else the reason why not."""
     global _ready, _reason
-    if _ready:
-        return None
+    if attempted():
+        return _reason
     reason = amx_unavailable_reason() or load_operator_library("pgolf_cpu_attention", "cpu_attention_backward.cpp")
     if reason is None and not torch.ops.pgolf_cpu.supported():
         reason = "oneDNN reports no AMX bf16 packing on this CPU"
     if reason is None:
         _register_backward_fake()
+        attention.register_cpu_training_kernel(usable, causal_attention)
     _ready, _reason = reason is None, reason
     return reason
+
+
+def attempted() -> bool:
+    """Whether `prepare()` has run in this process (successfully or not)."""
+    return _ready or _reason is not None
 
 
 def unavailable_reason() -> str | None:
@@ -50,18 +58,18 @@ def unavailable_reason() -> str | None:
 @contextlib.contextmanager
 def switched_off():
     """Within the block `usable` says no, so attention trains with SDPA's backward (for A/B timing)."""
-    global _ready
-    was_ready, _ready = _ready, False
+    global _switched_off
+    was_off, _switched_off = _switched_off, True
     try:
         yield
     finally:
-        _ready = was_ready
+        _switched_off = was_off
 
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `causal_attention` handles these (B, T, H, D) / (B, T, Hkv, D) tensors: bf16 on CPU, a
     gradient wanted, T a multiple of 128 and D of 64. Otherwise the caller uses SDPA."""
-    if not _ready or q.device.type != "cpu" or not torch.is_grad_enabled():
+    if not _ready or _switched_off or q.device.type != "cpu" or not torch.is_grad_enabled():
         return False
     if not (q.requires_grad or k.requires_grad or v.requires_grad):
         return False

@@ -1,18 +1,22 @@
 // Causal attention backward for bf16 on x86 CPUs with AMX, as a PyTorch operator.
 //
-//   pgolf::causal_attention_backward(q, k, v, out, grad_out, lse, scale) -> (grad_q, grad_k, grad_v)
+//   pgolf_cpu::causal_attention_backward(q, k, v, out, grad_out, lse, scale) -> (grad_q, grad_k, grad_v)
 //
 // Layout: q, out, grad_out (B, T, H, D); k, v (B, T, Hkv, D); all contiguous bf16, H a multiple of
 // Hkv (query head h reads kv head h / (H / Hkv)); lse (B, H, T) fp32 contiguous, the log-sum-exp
 // of the scaled scores as PyTorch's CPU flash forward returns it. T a multiple of 128, D of 64.
 //
-// FlashAttention-2's backward on 128 x 128 tiles: each (batch, kv head) is one task; its keys and
-// values are packed once for the AMX tile unit (VNNI layout) and its grad_k / grad_v accumulate in
-// fp32 over the query heads of its group, so no two threads write the same rows. Per tile pair
-// (query block i, key block j <= i): S = Q_i K_j^T and dP = dO_i V_j^T (brgemm, bf16 in, fp32
-// out), P = exp(scale S - lse) with the causal mask on the diagonal tile, dS = P (dP - delta)
-// scale, then dV_j += P^T dO_i, dK_j += dS^T Q_i, dQ_i += dS K_j. Every product is a 64 x 64 x 64
-// brgemm call with N = 64 (oneDNN packs B operands up to 64 wide).
+// FlashAttention-2's backward on 128 x 128 tiles. Each (batch, kv head) is one task, so no two
+// threads write the same rows: its keys and values are packed once for the AMX tile unit, and its
+// grad_k / grad_v accumulate in fp32 over the query heads of its group. Per tile pair (query block
+// i, key block j <= i):
+//   S = Q_i K_j^T, dP = dO_i V_j^T                      (brgemm: bf16 in, fp32 out)
+//   P = exp(scale S - lse), 0 above the diagonal on the diagonal tile; dS = P (dP - delta) scale
+//   dV_j^T += dO_i^T P, dK_j^T += Q_i^T dS, dQ_i += dS K_j
+// grad_k and grad_v are accumulated transposed, so P and dS are only ever needed as brgemm B
+// operands (VNNI pairs of rows, written directly by the element-wise pass) and dS also row-major:
+// no tile is transposed inside the loop. Every brgemm call has N = 64, the widest B operand
+// oneDNN packs.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -20,8 +24,10 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/CPUBlas.h>
 #include <fbgemm/Utils.h>
+#include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <tuple>
 #include <vector>
@@ -34,6 +40,7 @@ namespace cpublas = at::native::cpublas;
 
 constexpr int64_t kTile = 128;  // query and key block
 constexpr int64_t kChunk = 64;  // columns of one packed B operand (oneDNN packs N of 16..64)
+constexpr int64_t kLanes = 16;  // floats per AVX-512 register
 
 // dst (cols x rows, leading dimension ld_dst) = src (rows x cols, ld_src) transposed (AVX-512,
 // from the FBGEMM that libtorch_cpu carries).
@@ -64,27 +71,36 @@ inline void product(int64_t m, int64_t depth, int64_t ld_a, int64_t ld_c, bool a
 
 // Per-thread scratch for one (batch, kv head) task.
 struct Workspace {
-  int64_t head_dim;
-  std::vector<BFloat16> keys_t, values_t, keys, queries, grad_outs, transposed, scratch;
-  std::vector<BFloat16> probs, grad_scores, probs_t, grad_scores_t;
-  std::vector<float> grad_keys, grad_values, grad_query, delta, scores, grad_probs;
+  int64_t length, head_dim;
+  int64_t ld_t;  // leading dimension of the (D, T) matrices: T plus a cache line, so that their rows
+                 // do not all fall into the same cache sets
+  std::vector<BFloat16> keys_t, values_t, keys;  // packed B operands, per 128-key tile
+  std::vector<BFloat16> queries_t, grad_outs_t;  // Q^T and dO^T of one query head: (D, T) row-major
+  std::vector<BFloat16> transposed, scratch;
+  std::vector<BFloat16> probs_packed, grad_scores_packed, grad_scores;  // one tile pair's P and dS
+  std::vector<float> grad_keys_t, grad_values_t;  // (D, T) fp32 accumulators
+  std::vector<float> grad_query, delta, scores, grad_probs, rows_out;
 
-  Workspace(int64_t length, int64_t head_dim_) : head_dim(head_dim_) {
+  Workspace(int64_t length_, int64_t head_dim_) : length(length_), head_dim(head_dim_), ld_t(length_ + 32) {
     const int64_t matrix = length * head_dim;
-    keys_t.resize(matrix);     // K^T per 64 keys, packed: B of S = Q K^T
-    values_t.resize(matrix);   // V^T per 64 keys, packed: B of dP = dO V^T
-    keys.resize(matrix);       // K per tile of keys and 64 columns, packed: B of dQ += dS K
-    queries.resize(matrix);    // Q likewise: B of dK += dS^T Q
-    grad_outs.resize(matrix);  // dO likewise: B of dV += P^T dO
+    const int64_t matrix_t = ld_t * head_dim;
+    keys_t.resize(matrix);     // K^T per 64 keys: B of S = Q K^T
+    values_t.resize(matrix);   // V^T per 64 keys: B of dP = dO V^T
+    keys.resize(matrix);       // K per key tile and 64 columns: B of dQ += dS K
+    queries_t.resize(matrix_t);
+    grad_outs_t.resize(matrix_t);
     transposed.resize(head_dim * kChunk);
     scratch.resize(std::max(head_dim, kTile) * kChunk);
-    for (auto* tile : {&probs, &grad_scores, &probs_t, &grad_scores_t}) tile->resize(kTile * kTile);
-    grad_keys.resize(matrix);
-    grad_values.resize(matrix);
+    probs_packed.resize(kTile * kTile);
+    grad_scores_packed.resize(kTile * kTile);
+    grad_scores.resize(kTile * kTile);
+    grad_keys_t.resize(matrix_t);
+    grad_values_t.resize(matrix_t);
     grad_query.resize(kTile * head_dim);
     delta.resize(length);
     scores.resize(kTile * kTile);
     grad_probs.resize(kTile * kTile);
+    rows_out.resize(matrix);
   }
 };
 
@@ -103,41 +119,56 @@ void pack_transposed_rows(const BFloat16* rows, int64_t ld, Workspace& w, BFloat
   }
 }
 
-// From S and dP of one tile pair: P = exp(scale S - lse), zero above the diagonal on the diagonal
-// tile, and dS = P (dP - delta) scale, as bf16 tiles, row-major and transposed.
-void softmax_gradient(Workspace& w, const float* lse, const float* delta, float scale, bool diagonal) {
-  const Vec scale_vec(scale);
-  const Vec zero(0.0f);
-  for (int64_t r = 0; r < kTile; ++r) {
-    const float* score_row = w.scores.data() + r * kTile;
-    const float* grad_row = w.grad_probs.data() + r * kTile;
-    BFloat16* prob_out = w.probs.data() + r * kTile;
-    BFloat16* grad_out = w.grad_scores.data() + r * kTile;
-    const Vec row_lse(lse[r]);
-    const Vec row_delta(delta[r]);
-    const int64_t end = diagonal ? r + 1 : kTile;  // columns past `end` are masked
-    for (int64_t c = 0; c < kTile; c += 2 * Vec::size()) {
-      Vec p[2], ds[2];
-      for (int half = 0; half < 2; ++half) {
-        const int64_t col = c + half * Vec::size();
-        p[half] = (Vec::loadu(score_row + col) * scale_vec - row_lse).exp_u20();
-        if (col + Vec::size() > end) {
-          const Vec columns = Vec::arange(static_cast<float>(col), 1.0f);
-          p[half] = Vec::blendv(p[half], zero, columns >= Vec(static_cast<float>(end)));
-        }
-        ds[half] = p[half] * (Vec::loadu(grad_row + col) - row_delta) * scale_vec;
-      }
-      at::vec::convert_float_bfloat16(p[0], p[1]).store(prob_out + c);
-      at::vec::convert_float_bfloat16(ds[0], ds[1]).store(grad_out + c);
-    }
-  }
-  transpose(w.probs.data(), kTile, w.probs_t.data(), kTile, kTile, kTile);
-  transpose(w.grad_scores.data(), kTile, w.grad_scores_t.data(), kTile, kTile, kTile);
+// Two rows' worth of 16 floats each as 32 bf16 in VNNI order: a0 b0 a1 b1 ... a15 b15.
+inline __m512i interleave_bf16(__m512 a, __m512 b) {
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a in lanes 0-15
+  return _mm512_permutexvar_epi16(order, both);
 }
 
-void store_rows(const float* src, int64_t rows, int64_t head_dim, BFloat16* dst, int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    at::vec::convert(src + r * head_dim, dst + r * ld_dst, head_dim);
+// From S and dP of one tile pair: P = exp(scale S - lse) (0 above the diagonal on the diagonal
+// tile) and dS = P (dP - delta) scale. Writes P and dS as packed B operands (two 64-column chunks,
+// VNNI pairs of query rows) and dS row-major.
+void softmax_gradient(Workspace& w, const float* lse, const float* delta, float scale, bool diagonal) {
+  const __m512 scale_vec = _mm512_set1_ps(scale);
+  for (int64_t r = 0; r < kTile; r += 2) {
+    __m512 p[2][kTile / kLanes], ds[2][kTile / kLanes];
+    for (int64_t row = 0; row < 2; ++row) {
+      const float* score_row = w.scores.data() + (r + row) * kTile;
+      const float* grad_row = w.grad_probs.data() + (r + row) * kTile;
+      const __m512 row_lse = _mm512_set1_ps(lse[r + row]);
+      const __m512 row_delta = _mm512_set1_ps(delta[r + row]);
+      const int64_t end = diagonal ? r + row + 1 : kTile;  // columns from `end` on are masked
+      for (int64_t g = 0; g < kTile / kLanes; ++g) {
+        const int64_t col = g * kLanes;
+        __m512 value = _mm512_fmsub_ps(_mm512_loadu_ps(score_row + col), scale_vec, row_lse);
+        value = static_cast<__m512>(Vec(value).exp_u20());
+        if (col + kLanes > end) {
+          const int64_t kept = std::max<int64_t>(0, end - col);
+          value = _mm512_maskz_mov_ps(static_cast<__mmask16>((1u << kept) - 1u), value);
+        }
+        p[row][g] = value;
+        ds[row][g] = _mm512_mul_ps(_mm512_mul_ps(value, _mm512_sub_ps(_mm512_loadu_ps(grad_row + col), row_delta)),
+                                   scale_vec);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w.grad_scores.data() + (r + row) * kTile + col),
+                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(ds[row][g])));
+      }
+    }
+    for (int64_t g = 0; g < kTile / kLanes; ++g) {
+      const int64_t chunk = g * kLanes / kChunk, col = g * kLanes % kChunk;
+      const int64_t offset = chunk * kTile * kChunk + (r / 2) * 2 * kChunk + 2 * col;
+      _mm512_storeu_si512(w.probs_packed.data() + offset, interleave_bf16(p[0][g], p[1][g]));
+      _mm512_storeu_si512(w.grad_scores_packed.data() + offset, interleave_bf16(ds[0][g], ds[1][g]));
+    }
+  }
+}
+
+// dst rows (T x D, leading dimension ld_dst) = bf16 of src^T, src (D x T) fp32.
+void store_transposed(Workspace& w, const float* src, BFloat16* dst, int64_t ld_dst) {
+  fbgemm::transpose_simd<float>(w.head_dim, w.length, src, w.ld_t, w.rows_out.data(), w.head_dim);
+  for (int64_t t = 0; t < w.length; ++t) {
+    at::vec::convert(w.rows_out.data() + t * w.head_dim, dst + t * ld_dst, w.head_dim);
   }
 }
 
@@ -167,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention_backward(
   const int64_t tiles = length / kTile;
   const int64_t chunks = head_dim / kChunk;
   const int64_t q_row = heads * head_dim, kv_row = kv_heads * head_dim;
-  const int64_t tile_matrix = kTile * head_dim;  // elements of one packed 128-row block of Q, K, dO
+  const int64_t tile_matrix = kTile * head_dim;  // elements of one packed 128-row block of K
   const float scale_f = static_cast<float>(scale);
 
   const BFloat16* q_data = q.const_data_ptr<BFloat16>();
@@ -184,30 +215,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention_backward(
     Workspace w(length, head_dim);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, kv_head = task % kv_heads;
-      const BFloat16* k_base = k_data + b * length * kv_row + kv_head * head_dim;
-      const BFloat16* v_base = v_data + b * length * kv_row + kv_head * head_dim;
+      const int64_t kv_offset = b * length * kv_row + kv_head * head_dim;
       for (int64_t j = 0; j < tiles; ++j) {
-        pack_transposed_rows(k_base + j * kTile * kv_row, kv_row, w, w.keys_t.data() + j * tile_matrix);
-        pack_transposed_rows(v_base + j * kTile * kv_row, kv_row, w, w.values_t.data() + j * tile_matrix);
-        pack_rows(k_base + j * kTile * kv_row, kv_row, head_dim, w.scratch.data(), w.keys.data() + j * tile_matrix);
+        pack_transposed_rows(k_data + kv_offset + j * kTile * kv_row, kv_row, w, w.keys_t.data() + j * tile_matrix);
+        pack_transposed_rows(v_data + kv_offset + j * kTile * kv_row, kv_row, w, w.values_t.data() + j * tile_matrix);
+        pack_rows(k_data + kv_offset + j * kTile * kv_row, kv_row, head_dim, w.scratch.data(),
+                  w.keys.data() + j * tile_matrix);
       }
-      std::fill(w.grad_keys.begin(), w.grad_keys.end(), 0.0f);
-      std::fill(w.grad_values.begin(), w.grad_values.end(), 0.0f);
+      std::fill(w.grad_keys_t.begin(), w.grad_keys_t.end(), 0.0f);
+      std::fill(w.grad_values_t.begin(), w.grad_values_t.end(), 0.0f);
 
       for (int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h) {
         const int64_t head_offset = b * length * q_row + h * head_dim;
         const BFloat16* q_base = q_data + head_offset;
-        const BFloat16* o_base = o_data + head_offset;
         const BFloat16* do_base = do_data + head_offset;
         const float* head_lse = lse_data + (b * heads + h) * length;
-        for (int64_t i = 0; i < tiles; ++i) {
-          pack_rows(q_base + i * kTile * q_row, q_row, head_dim, w.scratch.data(), w.queries.data() + i * tile_matrix);
-          pack_rows(do_base + i * kTile * q_row, q_row, head_dim, w.scratch.data(), w.grad_outs.data() + i * tile_matrix);
-        }
+        transpose(q_base, q_row, w.queries_t.data(), w.ld_t, length, head_dim);
+        transpose(do_base, q_row, w.grad_outs_t.data(), w.ld_t, length, head_dim);
         for (int64_t t = 0; t < length; ++t) {
           w.delta[t] = at::vec::map2_reduce_all<BFloat16>(
               [](Vec x, Vec y) { return x * y; }, [](Vec x, Vec y) { return x + y; },
-              do_base + t * q_row, o_base + t * q_row, head_dim);
+              do_base + t * q_row, o_data + head_offset + t * q_row, head_dim);
         }
         for (int64_t i = 0; i < tiles; ++i) {
           const BFloat16* q_tile = q_base + i * kTile * q_row;
@@ -221,23 +249,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention_backward(
                       w.grad_probs.data() + half * kChunk);
             }
             softmax_gradient(w, head_lse + i * kTile, w.delta.data() + i * kTile, scale_f, i == j);
+            for (int64_t half = 0; half < kTile / kChunk; ++half) {  // 64 keys of tile j at a time
+              const int64_t packed = half * kTile * kChunk, column = j * kTile + half * kChunk;
+              product(head_dim, kTile, w.ld_t, w.ld_t, true, w.grad_outs_t.data() + i * kTile,
+                      w.probs_packed.data() + packed, w.grad_values_t.data() + column);
+              product(head_dim, kTile, w.ld_t, w.ld_t, true, w.queries_t.data() + i * kTile,
+                      w.grad_scores_packed.data() + packed, w.grad_keys_t.data() + column);
+            }
             for (int64_t c = 0; c < chunks; ++c) {
-              const int64_t packed = c * kTile * kChunk;
-              product(kTile, kTile, kTile, head_dim, true, w.probs_t.data(),
-                      w.grad_outs.data() + i * tile_matrix + packed,
-                      w.grad_values.data() + j * tile_matrix + c * kChunk);
-              product(kTile, kTile, kTile, head_dim, true, w.grad_scores_t.data(),
-                      w.queries.data() + i * tile_matrix + packed,
-                      w.grad_keys.data() + j * tile_matrix + c * kChunk);
               product(kTile, kTile, kTile, head_dim, j > 0, w.grad_scores.data(),
-                      w.keys.data() + j * tile_matrix + packed, w.grad_query.data() + c * kChunk);
+                      w.keys.data() + j * tile_matrix + c * kTile * kChunk, w.grad_query.data() + c * kChunk);
             }
           }
-          store_rows(w.grad_query.data(), kTile, head_dim, dq_data + head_offset + i * kTile * q_row, q_row);
+          for (int64_t r = 0; r < kTile; ++r) {
+            at::vec::convert(w.grad_query.data() + r * head_dim, dq_data + head_offset + (i * kTile + r) * q_row,
+                             head_dim);
+          }
         }
       }
-      store_rows(w.grad_keys.data(), length, head_dim, dk_data + b * length * kv_row + kv_head * head_dim, kv_row);
-      store_rows(w.grad_values.data(), length, head_dim, dv_data + b * length * kv_row + kv_head * head_dim, kv_row);
+      store_transposed(w, w.grad_keys_t.data(), dk_data + kv_offset, kv_row);
+      store_transposed(w, w.grad_values_t.data(), dv_data + kv_offset, kv_row);
     }
     cpublas::brgemm_release();
   });
