@@ -120,6 +120,18 @@ def test_bf16_autocast_trains_like_fp32(tmp_path):
     _assert_agrees_with_fp32(_agreement(tmp_path, "fp32,bf16"), tolerance=0.03)
 
 
+def test_after_round_runs_once_per_timed_round(tmp_path):
+    shard = bench.write_synthetic_shard(tmp_path, SMALL.vocab_size, 5_000, seed=1)
+    run = RunConfig(model=SMALL, seed=3)
+    device = torch.device("cpu")
+    runs = [(variant, bench.bench_run_config(run, variant, 2, 16, 1, device)) for variant in bench.parse_variants("fp32,bf16")]
+    calls = []
+    measurements = bench.measure_training(runs, device, shard, warmup_steps=1, timed_steps=3,
+                                          after_round=lambda: calls.append(len(calls)))
+    assert calls == [0, 1, 2]
+    assert [len(m.step_seconds) for m in measurements] == [3, 3]
+
+
 def test_bf16_with_the_amx_attention_backward_trains_like_fp32(tmp_path):
     """Head dim 64 and T = 128, where bf16 training on an AMX CPU uses pgolf's attention backward:
     it and SDPA's backward (the +sdpa-bwd variant) both stay with fp32."""

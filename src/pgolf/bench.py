@@ -4,8 +4,9 @@ What is timed is what `pgolf train` and `pgolf eval` run: a `Trainer` from
 `assemble.build_trainer` stepping `train.train_step` over a temporary shard
 of random tokens, and `evaluate.evaluate` over random validation tokens.
 Utilisation is against the peak of one large matrix product of the same
-dtype, timed in the same process (`matmul_peak`), so a loaded or throttled
-machine lowers both sides. FLOP counts come from `pgolf.flops`.
+dtype, timed in the same process (`matmul_peak`; for bf16 training also between
+the timed rounds, see `run_train` in commands/bench.py), so a loaded or
+throttled machine lowers both sides. FLOP counts come from `pgolf.flops`.
 
 A "variant" is a precision/compilation choice: fp32 eager, bf16 autocast
 eager, bf16 autocast compiled (and fp32 compiled). On CPU the fastest one
@@ -210,14 +211,16 @@ def _describe_error(error: Exception) -> str:
 
 
 def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device, shard: Path,
-                     warmup_steps: int, timed_steps: int) -> list[TrainMeasurement]:
+                     warmup_steps: int, timed_steps: int,
+                     after_round: Callable[[], object] | None = None) -> list[TrainMeasurement]:
     """Build and warm up (compilation, allocator) one trainer per variant, then time them round-robin.
 
     Round-robin, one step of each variant per round, so that load from other processes on a
-    shared machine falls on every variant alike and the ratios stay meaningful. Every trainer
-    starts from the same seed and reads the same tokens, so losses are comparable step by step.
-    A variant that fails to build or compile is reported with its error; fp32/bf16 eager failures
-    are real bugs and are raised.
+    shared machine falls on every variant alike and the ratios stay meaningful; `after_round` runs
+    after each round (`pgolf bench train` samples the matmul peak there, under the same load).
+    Every trainer starts from the same seed and reads the same tokens, so losses are comparable
+    step by step. A variant that fails to build or compile is reported with its error; fp32/bf16
+    eager failures are real bugs and are raised.
     """
     from pgolf.train import train_step
 
@@ -254,6 +257,8 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
             synchronize(device)
             measurement.step_seconds.append(time.perf_counter() - started)
             measurement.losses.append(float(loss))  # after the clock: the sync is not timed
+        if after_round is not None:
+            after_round()
     del trainers
     gc.collect()
     if device.type == "cuda":
