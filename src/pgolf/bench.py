@@ -65,9 +65,9 @@ CPU_VARIANTS = ("fp32", "bf16", "bf16+compile")
 GPU_VARIANTS = ("bf16+compile",)
 
 # Decided by `pgolf bench train` on this project's CPU machine (docs/performance.md): bf16 autocast
-# with torch.compile was the fastest variant in every run on a quiet machine (2026-11-28 12:07-12:13:
-# pr198 shapes 1.73x fp32 eager, bf16 eager 1.55x; tiny 1.73x, bf16 eager 1.40x). Callers should fall
-# back to eager if compilation fails (no C++ compiler).
+# with torch.compile (and, where the CPU has AMX, pgolf's attention backward) was the fastest variant
+# in every run (2026-11-28 afternoon: pr198 shapes 2.9-3.6x fp32 eager, tiny 3.1-3.4x). Callers
+# should fall back to eager if compilation fails (no C++ compiler).
 CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]
 
 

@@ -1,9 +1,9 @@
 """Causal attention on CPU with pgolf's AMX backward (`cpu_attention_backward.cpp`).
 
 The forward is PyTorch's CPU flash kernel, which also returns the log-sum-exp the backward
-needs; the backward is pgolf's, which keeps its tiles in fp32 and in the AMX tile unit and ran
-1.7-3x faster than PyTorch's CPU flash backward at the `pr198` and `tiny` shapes
-(benchmarks/cpu_attention_alternatives.py, docs/performance.md). Both are wrapped as one
+needs; the backward is pgolf's, which runs its products on the AMX tile unit and accumulates in
+fp32: forward+backward 1.8-1.9x faster than SDPA's at the `pr198` shape and ~2.9x at `tiny`'s,
+with gradients closer to float64 (benchmarks/cpu_attention_kernel.py, docs/performance.md). Both are wrapped as one
 `torch.library` custom op with its own autograd formula, so `torch.compile` keeps it as a single
 opaque node and the model still compiles to one graph.
 
