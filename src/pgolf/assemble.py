@@ -151,6 +151,9 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
     }
 
 
+NOT_BUNDLED = "pgolf.kernels is not part of this bundle"
+
+
 def _cpu_attention_module():
     """pgolf.kernels.cpu_attention, or None where it is not shipped (the exported single-file bundle)."""
     try:
@@ -164,7 +167,7 @@ def prepare_cpu_attention(announce: bool) -> str | None:
     """Load pgolf's AMX attention backward for bf16 CPU training; None when in use, else why not."""
     module = _cpu_attention_module()
     if module is None:
-        return "pgolf.kernels is not part of this bundle"
+        return NOT_BUNDLED
     if module.attempted():
         return module.unavailable_reason()
     if announce:
@@ -179,7 +182,8 @@ def cpu_kernel_note(trainer: Trainer) -> dict[str, str]:
     """Why a bf16 CPU run trains without pgolf's AMX attention backward (nothing when it has it)."""
     if trainer.dist.device.type != "cpu" or autocast_dtype(trainer.config, trainer.dist.device) is None:
         return {}
-    reason = prepare_cpu_attention(announce=False)
+    module = _cpu_attention_module()
+    reason = NOT_BUNDLED if module is None else module.unavailable_reason()
     return {"amx_backward_unavailable": reason} if reason else {}
 
 
