@@ -149,6 +149,15 @@ def test_switch_and_platform_checks(monkeypatch):
     assert "x86-64" in build.amx_unavailable_reason()
 
 
+def test_a_failed_build_is_reported_not_raised(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(build, "SOURCE_DIR", tmp_path)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    reason = build.load_operator_library("pgolf_test_broken", "broken.cpp")
+    assert reason is not None and "broken.cpp" in reason
+
+
 def test_unprepared_kernel_is_never_used(monkeypatch):
     monkeypatch.setattr(cpu_attention, "_ready", False)
     q, k, v, _ = bf16_inputs(1, 256, 4, 2, 64, seed=0)
