@@ -30,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--micro-batch", type=int, help="sequences per micro-step (default: the preset's)")
     train.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's)")
     train.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimiser step (default 1)")
-    train.add_argument("--variants", help="comma list of fp32, bf16, bf16+compile, fp32+compile "
-                                          "(default: fp32,bf16,bf16+compile on CPU, bf16+compile on CUDA)")
+    train.add_argument("--variants", help="comma list of fp32, bf16, bf16+compile, fp32+compile, and on CPU "
+                                          "bf16+sdpa-bwd, bf16+compile+sdpa-bwd (PyTorch's attention backward "
+                                          "instead of pgolf's AMX kernel) (default: fp32,bf16,bf16+compile on "
+                                          "CPU, bf16+compile on CUDA)")
     train.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation; default 2)")
     train.add_argument("--steps", type=int, default=5, help="timed steps per variant; the median is reported")
     train.set_defaults(func=run_train)
