@@ -66,7 +66,7 @@ GPU_VARIANTS = ("bf16+compile",)
 
 # Decided by `pgolf bench train` on this project's CPU machine (docs/performance.md): bf16 autocast
 # with torch.compile (and, where the CPU has AMX, pgolf's attention backward) was the fastest variant
-# in every run (2026-11-28 afternoon: pr198 shapes 2.9-3.6x fp32 eager, tiny 3.1-3.4x). Callers
+# in every run (2026-11-28 afternoon: pr198 shapes 2.7-3.6x fp32 eager, tiny 3.1-4.0x). Callers
 # should fall back to eager if compilation fails (no C++ compiler).
 CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]
 
