@@ -1,5 +1,5 @@
 """Throughput of oneDNN's AMX brgemm (through PyTorch's `cpublas::brgemm`) at the tile shapes
-pgolf's CPU attention backward uses, against one large `torch.matmul` timed in the same run.
+pgolf's CPU attention kernels use, against one large `torch.matmul` timed in the same run.
 
 It answers "how close to the matmul peak can a tiled attention kernel get on this CPU": every
 call is C (M x 64, fp32) += A (M x K, bf16) B (K x 64, bf16, VNNI-packed), the N = 64 being the

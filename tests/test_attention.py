@@ -86,7 +86,7 @@ def test_backend_name_on_cpu_is_sdpa(monkeypatch):
     assert attention_backend_name("cpu") == "sdpa"
     assert attention_backend_name(torch.device("cpu")) == "sdpa"
     attention.register_cpu_training_kernel(lambda q, k, v: False, lambda q, k, v: q)
-    assert attention_backend_name("cpu") == "sdpa+amx-backward"
+    assert attention_backend_name("cpu") == "pgolf-amx"
 
 
 def test_registered_cpu_training_kernel_is_asked_first(monkeypatch):

@@ -133,13 +133,13 @@ def test_after_round_runs_once_per_timed_round(tmp_path):
 
 
 def test_bf16_with_the_amx_attention_backward_trains_like_fp32(tmp_path):
-    """Head dim 64 and T = 128, where bf16 training on an AMX CPU uses pgolf's attention backward:
-    it and SDPA's backward (the +sdpa-bwd variant) both stay with fp32."""
+    """Head dim 64 and T = 128, where bf16 training on an AMX CPU uses pgolf's attention kernels:
+    they and SDPA (the +sdpa variant) both stay with fp32."""
     model = ModelConfig(vocab_size=64, num_layers=2, model_dim=128, num_heads=2, num_kv_heads=1, mlp_mult=2,
                         bigram_buckets=16, bigram_dim=16, rope_reference_len=128)
-    results = _agreement(tmp_path, "fp32,bf16,bf16+sdpa-bwd", model=model, micro_batch=2, seq_len=128)
+    results = _agreement(tmp_path, "fp32,bf16,bf16+sdpa", model=model, micro_batch=2, seq_len=128)
     _assert_agrees_with_fp32(results, tolerance=0.03)
-    assert results["bf16"].losses != results["bf16+sdpa-bwd"].losses or cpu_attention.unavailable_reason()
+    assert results["bf16"].losses != results["bf16+sdpa"].losses or cpu_attention.unavailable_reason()
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""pgolf's AMX attention backward against a float64 reference, and its place in the model.
+"""pgolf's AMX attention kernels against a float64 reference, and their place in the model.
 
 The kernel builds on first use (~15 s, then cached). On a CPU without AMX the kernel tests are
 skipped with the reason `prepare()` gives; the dispatch tests run everywhere.
@@ -59,6 +59,21 @@ def test_gradients_match_float64_reference(kernel, batch, length, heads, kv_head
     for leaf, reference in zip(leaves, reference_grads):
         assert leaf.grad.dtype == torch.bfloat16 and leaf.grad.shape == reference.shape
         assert relative_error(leaf.grad, reference) < 0.01  # bf16 rounding of inputs and outputs only
+
+
+@pytest.mark.parametrize("batch,length,heads,kv_heads,head_dim", [(2, 256, 4, 2, 64), (1, 384, 2, 1, 128)])
+def test_forward_log_sum_exp_matches_float64(kernel, batch, length, heads, kv_heads, head_dim):
+    """The backward rebuilds the probabilities from the forward's log-sum-exp, so it must be exact to fp32-ish."""
+    q, k, v, _ = bf16_inputs(batch, length, heads, kv_heads, head_dim, seed=11)
+    out, lse = torch.ops.pgolf_cpu.causal_attention_forward(q, k, v, head_dim ** -0.5)
+    keys = k.double().repeat_interleave(heads // kv_heads, dim=2)
+    scores = torch.einsum("bthd,bshd->bhts", q.double(), keys) * head_dim ** -0.5
+    scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    assert lse.shape == (batch, heads, length) and lse.dtype == torch.float32
+    assert (lse.double() - scores.logsumexp(-1)).abs().max().item() < 1e-3
+    values = v.double().repeat_interleave(heads // kv_heads, dim=2)
+    reference = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), values)
+    assert relative_error(out, reference) < 0.01
 
 
 def test_gradients_at_least_as_close_as_sdpa_bf16(kernel):

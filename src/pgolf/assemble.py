@@ -164,27 +164,27 @@ def _cpu_attention_module():
 
 
 def prepare_cpu_attention(announce: bool) -> str | None:
-    """Load pgolf's AMX attention backward for bf16 CPU training; None when in use, else why not."""
+    """Load pgolf's AMX attention kernels for bf16 CPU training; None when in use, else why not."""
     module = _cpu_attention_module()
     if module is None:
         return NOT_BUNDLED
     if module.attempted():
         return module.unavailable_reason()
     if announce:
-        print("CPU attention: loading pgolf's AMX backward (compiled on first use, ~20 s)", flush=True)
-    reason = module.prepare()  # on failure training keeps SDPA's backward
+        print("CPU attention: loading pgolf's AMX kernels (compiled on first use, ~20 s)", flush=True)
+    reason = module.prepare()  # on failure training keeps SDPA
     if reason and announce:
-        print(f"CPU attention: PyTorch's backward ({reason})", flush=True)
+        print(f"CPU attention: PyTorch's SDPA ({reason})", flush=True)
     return reason
 
 
 def cpu_kernel_note(trainer: Trainer) -> dict[str, str]:
-    """Why a bf16 CPU run trains without pgolf's AMX attention backward (nothing when it has it)."""
+    """Why a bf16 CPU run trains without pgolf's AMX attention kernels (nothing when it has them)."""
     if trainer.dist.device.type != "cpu" or autocast_dtype(trainer.config, trainer.dist.device) is None:
         return {}
     module = _cpu_attention_module()
     reason = NOT_BUNDLED if module is None else module.unavailable_reason()
-    return {"amx_backward_unavailable": reason} if reason else {}
+    return {"amx_attention_unavailable": reason} if reason else {}
 
 
 def budget_warning(config: RunConfig, bytes_code: int) -> str | None:

@@ -19,7 +19,7 @@ dtype is bf16 or fp16 (FA3 has no fp32 kernels). Everything else goes through
 `torch.nn.functional.scaled_dot_product_attention`.
 
 A CPU training kernel can be registered from outside this file (`register_cpu_training_kernel`;
-`pgolf.kernels.cpu_attention.prepare()` registers pgolf's AMX backward). It is asked first for
+`pgolf.kernels.cpu_attention.prepare()` registers pgolf's AMX kernels). It is asked first for
 inputs without document ids; evaluation never needs it, so it stays out of the counted code.
 
 On CPU, bf16/fp16 inputs with head_dim below `CPU_LOW_PRECISION_MIN_HEAD_DIM`
@@ -75,12 +75,12 @@ def _fa3_available_on(device: torch.device) -> bool:
 
 def attention_backend_name(device: torch.device | str) -> str:
     """The backend `causal_attention` trains with in bf16 on `device` (for logs): "fa3", "sdpa", or on CPU
-    with a registered training kernel "sdpa+amx-backward"."""
+    with a registered training kernel "pgolf-amx"."""
     device = torch.device(device)
     if _fa3_available_on(device):
         return "fa3"
     if device.type == "cpu" and _cpu_training_kernel is not None:
-        return "sdpa+amx-backward"
+        return "pgolf-amx"
     return "sdpa"
 
 

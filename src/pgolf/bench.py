@@ -41,11 +41,11 @@ class Variant:
     name: str
     autocast_dtype: str  # "fp32" | "bf16", as in RunConfig.autocast_dtype
     compile: bool
-    sdpa_backward: bool = False  # on CPU, keep PyTorch's attention backward instead of pgolf's AMX kernel
+    sdpa_attention: bool = False  # on CPU, PyTorch's SDPA attention instead of pgolf's AMX kernels
 
     def step_context(self) -> contextlib.AbstractContextManager:
         """What each of this variant's steps runs under."""
-        return cpu_attention.switched_off() if self.sdpa_backward else contextlib.nullcontext()
+        return cpu_attention.switched_off() if self.sdpa_attention else contextlib.nullcontext()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -57,15 +57,15 @@ VARIANTS: dict[str, Variant] = {
     "bf16": Variant("bf16", "bf16", False),
     "bf16+compile": Variant("bf16+compile", "bf16", True),
     "fp32+compile": Variant("fp32+compile", "fp32", True),
-    # For measuring pgolf's CPU attention kernel against PyTorch's backward in one run:
-    "bf16+sdpa-bwd": Variant("bf16+sdpa-bwd", "bf16", False, sdpa_backward=True),
-    "bf16+compile+sdpa-bwd": Variant("bf16+compile+sdpa-bwd", "bf16", True, sdpa_backward=True),
+    # For measuring pgolf's CPU attention kernels against PyTorch's SDPA in one run:
+    "bf16+sdpa": Variant("bf16+sdpa", "bf16", False, sdpa_attention=True),
+    "bf16+compile+sdpa": Variant("bf16+compile+sdpa", "bf16", True, sdpa_attention=True),
 }
 CPU_VARIANTS = ("fp32", "bf16", "bf16+compile")
 GPU_VARIANTS = ("bf16+compile",)
 
 # Decided by `pgolf bench train` on this project's CPU machine (docs/performance.md): bf16 autocast
-# with torch.compile (and, where the CPU has AMX, pgolf's attention backward) was the fastest variant
+# with torch.compile (and, where the CPU has AMX, pgolf's attention kernels) was the fastest variant
 # in every run (2026-11-28 afternoon: pr198 shapes 2.7-3.6x fp32 eager, tiny 3.1-4.0x). Callers
 # should fall back to eager if compilation fails (no C++ compiler).
 CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]

@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's)")
     train.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimiser step (default 1)")
     train.add_argument("--variants", help="comma list of fp32, bf16, bf16+compile, fp32+compile, and on CPU "
-                                          "bf16+sdpa-bwd, bf16+compile+sdpa-bwd (PyTorch's attention backward "
-                                          "instead of pgolf's AMX kernel) (default: fp32,bf16,bf16+compile on "
+                                          "bf16+sdpa, bf16+compile+sdpa (PyTorch's SDPA attention instead of "
+                                          "pgolf's AMX kernels) (default: fp32,bf16,bf16+compile on "
                                           "CPU, bf16+compile on CUDA)")
     train.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation; default 2)")
     train.add_argument("--steps", type=int, default=5, help="timed steps per variant; the median is reported")
@@ -151,8 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
         from pgolf.kernels import cpu_attention
 
         reason = cpu_attention.unavailable_reason()
-        print("bf16 attention backward: " + (f"PyTorch's ({reason})" if reason else
-                                             "pgolf's AMX kernel (PyTorch's in *+sdpa-bwd variants)"))
+        print("bf16 attention: " + (f"PyTorch's SDPA ({reason})" if reason else
+                                    "pgolf's AMX kernels (PyTorch's SDPA in *+sdpa variants)"))
     baseline = next((m for m in measurements if m.variant == "fp32" and not m.error), None)
     rows = []
     for variant, m in zip(variants, measurements):

@@ -1,14 +1,14 @@
-"""Causal attention on CPU with pgolf's AMX backward (`cpu_attention_backward.cpp`).
+"""Causal attention on CPU with pgolf's AMX kernels (`cpu_attention.cpp`), forward and backward.
 
-The forward is PyTorch's CPU flash kernel, which also returns the log-sum-exp the backward
-needs; the backward is pgolf's, which runs its products on the AMX tile unit and accumulates in
-fp32: forward+backward 1.8-1.9x faster than SDPA's at the `pr198` shape and ~2.9x at `tiny`'s,
-with gradients closer to float64 (benchmarks/cpu_attention_kernel.py, docs/performance.md). Both are wrapped as one
+Both run their products on the AMX tile unit with fp32 accumulation: forward+backward 1.8-1.9x
+faster than SDPA's at the `pr198` shape and ~2.9x at `tiny`'s, with gradients closer to float64
+(benchmarks/cpu_attention_kernel.py, docs/performance.md). They are wrapped as one
 `torch.library` custom op with its own autograd formula, so `torch.compile` keeps it as a single
 opaque node and the model still compiles to one graph.
 
-`prepare()` compiles and loads the kernel (once per machine, ~15 s; cached after that) and registers
-it with `pgolf.attention`; until then `usable()` says no: the model code never triggers a build.
+`prepare()` compiles and loads the kernels (once per machine, ~20 s; cached after that) and
+registers them with `pgolf.attention`; until then `usable()` says no: the model code never
+triggers a build.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def prepare() -> str | None:
     global _ready, _reason
     if attempted():
         return _reason
-    reason = amx_unavailable_reason() or load_operator_library("pgolf_cpu_attention", "cpu_attention_backward.cpp")
+    reason = amx_unavailable_reason() or load_operator_library("pgolf_cpu_attention", "cpu_attention.cpp")
     if reason is None and not torch.ops.pgolf_cpu.supported():
         reason = "oneDNN reports no AMX bf16 packing on this CPU"
     if reason is None:
@@ -87,10 +87,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 @torch.library.custom_op("pgolf::cpu_flash_attention", mutates_args=())
 def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output (B, T, H, D) and log-sum-exp (B, H, T) fp32 of PyTorch's CPU flash forward."""
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-    return out.transpose(1, 2).contiguous(), lse.contiguous()
+    """Output (B, T, H, D) and the log-sum-exp of the scaled scores (B, H, T) fp32."""
+    return torch.ops.pgolf_cpu.causal_attention_forward(q, k, v, q.shape[-1] ** -0.5)
 
 
 @_flash_attention.register_fake
