@@ -49,6 +49,22 @@ def float64_gradients(q, k, v, grad_out):
     return [leaf.grad.transpose(1, 2) for leaf in leaves]
 
 
+def aten_forward(q, k, v, _grad_out):
+    out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)[0]
+    return [out.transpose(1, 2)]
+
+
+def pgolf_forward(q, k, v, _grad_out):
+    return [torch.ops.pgolf_cpu.causal_attention_forward(q, k, v, q.shape[-1] ** -0.5)[0]]
+
+
+def float64_output(q, k, v, _grad_out):
+    out = F.scaled_dot_product_attention(*(t.double().transpose(1, 2) for t in (q, k, v)), is_causal=True,
+                                         enable_gqa=True)
+    return [out.transpose(1, 2)]
+
+
 def largest_relative_error(grads, reference) -> float:
     return max(((g.double() - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference))
 
@@ -57,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--forward", action="store_true", help="time the forwards alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reason = cpu_attention.prepare()
@@ -67,8 +84,12 @@ def main() -> None:
         q, k, v = (torch.randn(batch, length, count, head_dim, generator=generator).bfloat16()
                    for count in (heads, kv_heads, kv_heads))
         grad_out = torch.randn(batch, length, heads, head_dim, generator=generator).bfloat16()
-        candidates = {"sdpa": sdpa_forward_backward, "aten fwd + pgolf bwd": aten_forward_pgolf_backward,
-                      "pgolf": kernel_forward_backward}
+        if args.forward:
+            candidates, reference_of, what = {"aten": aten_forward, "pgolf": pgolf_forward}, float64_output, "output"
+        else:
+            candidates = {"sdpa": sdpa_forward_backward, "aten fwd + pgolf bwd": aten_forward_pgolf_backward,
+                          "pgolf": kernel_forward_backward}
+            reference_of, what = float64_gradients, "grad"
         times: dict[str, list[float]] = {name: [] for name in candidates}
         for function in candidates.values():
             function(q, k, v, grad_out)  # warm-up
@@ -77,14 +98,15 @@ def main() -> None:
                 started = time.perf_counter()
                 function(q, k, v, grad_out)
                 times[name].append(time.perf_counter() - started)
-        reference = float64_gradients(q, k, v, grad_out)
+        reference = reference_of(q, k, v, grad_out)
         medians = {name: statistics.median(seconds) * 1e3 for name, seconds in times.items()}
         errors = {name: largest_relative_error(function(q, k, v, grad_out), reference)
                   for name, function in candidates.items()}
+        first = next(iter(candidates))
         print(f"B={batch} H={heads}/{kv_heads} T={length} D={head_dim}, {args.threads} thread(s): "
-              + ", ".join(f"{name} {medians[name]:.1f} ms (grad error {errors[name]:.4f})" for name in candidates)
-              + "; speed-up over sdpa: " + ", ".join(f"{name} {medians['sdpa'] / medians[name]:.2f}x"
-                                                    for name in candidates if name != "sdpa"), flush=True)
+              + ", ".join(f"{name} {medians[name]:.1f} ms ({what} error {errors[name]:.4f})" for name in candidates)
+              + f"; speed-up over {first}: " + ", ".join(f"{name} {medians[first] / medians[name]:.2f}x"
+                                                         for name in candidates if name != first), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Profile training steps with torch.profiler and print which operators dominate.
 
     PYTHONPATH=src python benchmarks/profile_step.py --preset pr198 --micro-batch 1 --seq-len 2048 \
-        --variant bf16 --steps 2 [--threads 2] [--rows 25]
+        --variant bf16 --steps 2 [--threads 2] [--rows 25] [--grad-accum 2] [--inductor-kernels]
 
 Builds the same `Trainer` `pgolf bench train` times (synthetic tokens), runs one
 unprofiled step, then profiles `--steps` steps and prints the operator table
@@ -38,7 +38,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--inductor-kernels", action="store_true",
+                        help="name inductor's generated CPU kernels in the table (torch._inductor.config.cpp."
+                             "enable_kernel_profile) instead of one row per compiled graph")
     args = parser.parse_args()
+    if args.inductor_kernels:
+        torch._inductor.config.cpp.enable_kernel_profile = True
 
     bench.configure_threads(args.threads)
     device = resolve_device(args.device)
@@ -68,9 +73,15 @@ def main() -> None:
                 train_step(trainer)
             bench.synchronize(device)
         seconds = (time.perf_counter() - started) / args.steps
-    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"{variant.name}: {seconds * 1e3:.0f} ms per profiled step (profiler overhead included)")
-    print(profiler.key_averages().table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=400))
+    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(profiler.key_averages(), key=lambda event: -getattr(event, sort_key))
+    total = sum(getattr(event, sort_key) for event in events)
+    print(f"{variant.name}: {seconds * 1e3:.0f} ms per profiled step (profiler overhead included); "
+          f"self time per step by operator ({sort_key}):")
+    for event in events[:args.rows]:
+        name = event.key if len(event.key) <= 100 else event.key[:48] + "..." + event.key[-49:]
+        own = getattr(event, sort_key)
+        print(f"{own / 1e3 / args.steps:10.1f} ms {own / total:6.1%} {event.count // args.steps:6d} calls  {name}")
     for event in profiler.key_averages():
         if event.key.startswith("optimizer:"):
             print(f"{event.key}: {event.cpu_time_total / 1e3 / args.steps:.0f} ms per step "
