@@ -76,6 +76,20 @@ def test_forward_log_sum_exp_matches_float64(kernel, batch, length, heads, kv_he
     assert relative_error(out, reference) < 0.01
 
 
+def test_operators_refuse_inputs_outside_their_layout(kernel):
+    q, k, v, grad_out = bf16_inputs(1, 256, 4, 2, 64, seed=5)
+    with pytest.raises(RuntimeError, match="multiple of 128"):
+        torch.ops.pgolf_cpu.causal_attention_forward(q[:, :192].contiguous(), k[:, :192].contiguous(),
+                                                     v[:, :192].contiguous(), 0.125)
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        torch.ops.pgolf_cpu.causal_attention_forward(q.float(), k.float(), v.float(), 0.125)
+    with pytest.raises(RuntimeError, match="multiple of kv heads"):
+        torch.ops.pgolf_cpu.causal_attention_forward(q[:, :, :3].contiguous(), k, v, 0.125)
+    out, lse = torch.ops.pgolf_cpu.causal_attention_forward(q, k, v, 0.125)
+    with pytest.raises(RuntimeError, match="shaped like q"):
+        torch.ops.pgolf_cpu.causal_attention_backward(q, k, v, out[:, :128].contiguous(), grad_out, lse, 0.125)
+
+
 def test_gradients_at_least_as_close_as_sdpa_bf16(kernel):
     """The kernel accumulates in fp32; SDPA's CPU backward in bf16 is the bar to clear."""
     q, k, v, grad_out = bf16_inputs(1, 512, 4, 2, 64, seed=7)

@@ -79,6 +79,189 @@ inline void product(int64_t m, int64_t depth, int64_t ld_a, int64_t ld_c, bool a
   cpublas::brgemm(m, kChunk, depth, ld_a, kChunk, ld_c, accumulate, a, b_packed, c);
 }
 
+// Rows [0, 128) of a (T, ld) matrix, packed as head_dim / 64 B operands of 128 x 64.
+void pack_rows(const BFloat16* rows, int64_t ld, int64_t head_dim, BFloat16* scratch, BFloat16* dst) {
+  for (int64_t c = 0; c < head_dim / kChunk; ++c) {
+    pack_chunk(rows + c * kChunk, ld, kTile, scratch, dst + c * kTile * kChunk);
+  }
+}
+
+// (Rows [0, 128) of a (T, ld) matrix)^T, packed as two (D x 64) B operands, one per 64 rows.
+void pack_transposed_rows(const BFloat16* rows, int64_t ld, int64_t head_dim, BFloat16* transposed,
+                          BFloat16* scratch, BFloat16* dst) {
+  for (int64_t half = 0; half < kTile / kChunk; ++half) {
+    transpose(rows + half * kChunk * ld, ld, transposed, kChunk, kChunk, head_dim);
+    pack_chunk(transposed, kChunk, head_dim, scratch, dst + half * head_dim * kChunk);
+  }
+}
+
+// 2^x to ~1e-4 relative error (plenty for probabilities that are rounded to bf16): 1 + f (a + f (b +
+// f c)) on the fraction f, fitted for the least largest relative error with 2^0 and 2^1 exact (so
+// that a running maximum that does not change rescales by exactly 1), times 2^floor(x) (scalef,
+// which also takes very negative x to 0).
+inline __m512 exp2_approx(__m512 x) {
+  const __m512 whole = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, whole);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.07826796919107437f), f, _mm512_set1_ps(0.2263076901435852f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6954243183135986f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, whole);
+}
+
+// dst (rows x cols, leading dimension ld_dst) = bf16 of factor src (rows x cols, contiguous).
+void store_scaled(const float* src, int64_t rows, int64_t cols, BFloat16* dst, int64_t ld_dst, float factor) {
+  const Vec f(factor);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; c += kLanes) {
+      const __m512 value = _mm512_mul_ps(_mm512_loadu_ps(src + r * cols + c), f);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * ld_dst + c),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value)));
+    }
+  }
+}
+
+// The layout both operators take (see the top of this file), or an error saying what is wrong.
+void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be (B, T, H, D)");
+  for (const auto* t : {&q, &k, &v}) {
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->device().is_cpu(),
+                "q, k, v must be contiguous bf16 CPU tensors");
+  }
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+              "k and v must be (B, T, Hkv, D) matching q");
+  TORCH_CHECK(q.size(2) % k.size(2) == 0, "query heads must be a multiple of kv heads");
+  TORCH_CHECK(q.size(1) % kTile == 0 && q.size(3) % kChunk == 0, "T must be a multiple of 128 and D of 64");
+}
+
+// ---------------------------------------------------------------- forward
+
+// One 128 x 128 tile of scores S (fp32, row-major) -> P = 2^(S scale log2(e) - m) as bf16
+// row-major (0 above the diagonal on the diagonal tile), with the running row maxima m (base 2),
+// row sums l and accumulated output rows rescaled to the new maxima (FlashAttention-2's online
+// softmax in base 2; the scale is positive, so the maximum of S scaled is the scaled maximum).
+// Three passes over the rows, so that no row's horizontal reductions wait on the previous row's.
+void online_softmax(const float* scores, float scale2, bool diagonal, float* row_max, float* row_sum,
+                    float* acc, int64_t head_dim, bool first, BFloat16* probs) {
+  const __m512 scale_vec = _mm512_set1_ps(scale2);
+  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  alignas(64) float new_max[kTile], tile_sum[kTile];
+  for (int64_t r = 0; r < kTile; ++r) {
+    const float* row = scores + r * kTile;
+    const int64_t end = diagonal ? r + 1 : kTile;  // columns from `end` on are masked
+    __m512 peak = minus_inf;
+    for (int64_t col = 0; col < end; col += kLanes) {
+      const __mmask16 kept = static_cast<__mmask16>(end - col >= kLanes ? 0xffffu : (1u << (end - col)) - 1u);
+      peak = _mm512_mask_max_ps(peak, kept, peak, _mm512_loadu_ps(row + col));
+    }
+    new_max[r] = std::max(row_max[r], _mm512_reduce_max_ps(peak) * scale2);
+  }
+  for (int64_t r = 0; r < kTile; ++r) {
+    const float* row = scores + r * kTile;
+    const int64_t end = diagonal ? r + 1 : kTile;
+    const __m512 max_vec = _mm512_set1_ps(new_max[r]);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t col = 0; col < kTile; col += kLanes) {
+      __m512 p = exp2_approx(_mm512_fmsub_ps(_mm512_loadu_ps(row + col), scale_vec, max_vec));
+      if (col + kLanes > end) {
+        p = _mm512_maskz_mov_ps(static_cast<__mmask16>((1u << std::max<int64_t>(0, end - col)) - 1u), p);
+      }
+      total = _mm512_add_ps(total, p);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs + r * kTile + col),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(p)));
+    }
+    tile_sum[r] = _mm512_reduce_add_ps(total);
+  }
+  for (int64_t r = 0; r < kTile; r += kLanes) {
+    const __m512 fresh = _mm512_load_ps(new_max + r), sums = _mm512_load_ps(tile_sum + r);
+    if (first) {
+      _mm512_storeu_ps(row_sum + r, sums);
+    } else {
+      alignas(64) float alpha[kLanes];
+      _mm512_store_ps(alpha, static_cast<__m512>(Vec(_mm512_sub_ps(_mm512_loadu_ps(row_max + r), fresh)).exp2()));
+      _mm512_storeu_ps(row_sum + r, _mm512_fmadd_ps(_mm512_loadu_ps(row_sum + r), _mm512_load_ps(alpha), sums));
+      for (int64_t i = 0; i < kLanes; ++i) {
+        if (alpha[i] != 1.0f) {
+          const __m512 factor = _mm512_set1_ps(alpha[i]);
+          float* out_row = acc + (r + i) * head_dim;
+          for (int64_t c = 0; c < head_dim; c += kLanes) {
+            _mm512_storeu_ps(out_row + c, _mm512_mul_ps(_mm512_loadu_ps(out_row + c), factor));
+          }
+        }
+      }
+    }
+    _mm512_storeu_ps(row_max + r, fresh);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> causal_attention_forward(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, double scale) {
+  check_attention_inputs(q, k, v);
+  TORCH_CHECK(scale > 0, "scale must be positive");
+  const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), head_dim = q.size(3);
+  const int64_t kv_heads = k.size(2);
+
+  auto out = at::empty_like(q);
+  auto lse = at::empty({batch, heads, length}, q.options().dtype(at::kFloat));
+  const int64_t group = heads / kv_heads, tiles = length / kTile, chunks = head_dim / kChunk;
+  const int64_t q_row = heads * head_dim, kv_row = kv_heads * head_dim;
+  const int64_t tile_matrix = kTile * head_dim, head_matrix = length * head_dim;
+  const float scale2 = static_cast<float>(scale) * kLog2e;
+  const BFloat16* q_data = q.const_data_ptr<BFloat16>();
+  const BFloat16* k_data = k.const_data_ptr<BFloat16>();
+  const BFloat16* v_data = v.const_data_ptr<BFloat16>();
+  BFloat16* out_data = out.data_ptr<BFloat16>();
+  float* lse_data = lse.data_ptr<float>();
+
+  // K^T and V of every (batch, kv head, key tile), packed as brgemm B operands once.
+  auto keys_t = at::empty({batch * kv_heads * head_matrix}, q.options());
+  auto values = at::empty({batch * kv_heads * head_matrix}, q.options());
+  BFloat16* keys_t_data = keys_t.data_ptr<BFloat16>();
+  BFloat16* values_data = values.data_ptr<BFloat16>();
+  at::parallel_for(0, batch * kv_heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<BFloat16> transposed(head_dim * kChunk), scratch(std::max(head_dim, kTile) * kChunk);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (kv_heads * tiles), kv_head = task / tiles % kv_heads, j = task % tiles;
+      const int64_t src = b * length * kv_row + j * kTile * kv_row + kv_head * head_dim;
+      const int64_t dst = (b * kv_heads + kv_head) * head_matrix + j * tile_matrix;
+      pack_transposed_rows(k_data + src, kv_row, head_dim, transposed.data(), scratch.data(), keys_t_data + dst);
+      pack_rows(v_data + src, kv_row, head_dim, scratch.data(), values_data + dst);
+    }
+  });
+
+  at::parallel_for(0, batch * heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(kTile * kTile), acc(kTile * head_dim), row_max(kTile), row_sum(kTile);
+    std::vector<BFloat16> probs(kTile * kTile);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (heads * tiles), h = task / tiles % heads, i = task % tiles;
+      const int64_t kv = (b * kv_heads + h / group) * head_matrix;
+      const BFloat16* q_tile = q_data + b * length * q_row + i * kTile * q_row + h * head_dim;
+      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<float>::infinity());
+      for (int64_t j = 0; j <= i; ++j) {
+        for (int64_t half = 0; half < kTile / kChunk; ++half) {
+          product(kTile, head_dim, q_row, kTile, false, q_tile,
+                  keys_t_data + kv + j * tile_matrix + half * head_dim * kChunk, scores.data() + half * kChunk);
+        }
+        online_softmax(scores.data(), scale2, i == j, row_max.data(), row_sum.data(), acc.data(), head_dim,
+                       j == 0, probs.data());
+        for (int64_t c = 0; c < chunks; ++c) {
+          product(kTile, kTile, kTile, head_dim, j > 0, probs.data(),
+                  values_data + kv + j * tile_matrix + c * kTile * kChunk, acc.data() + c * kChunk);
+        }
+      }
+      BFloat16* out_tile = out_data + b * length * q_row + i * kTile * q_row + h * head_dim;
+      float* lse_tile = lse_data + (b * heads + h) * length + i * kTile;
+      for (int64_t r = 0; r < kTile; ++r) {
+        store_scaled(acc.data() + r * head_dim, 1, head_dim, out_tile + r * q_row, q_row, 1.0f / row_sum[r]);
+        lse_tile[r] = (row_max[r] + std::log2(row_sum[r])) * kLn2;
+      }
+    }
+    cpublas::brgemm_release();
+  });
+  return {out, lse};
+}
+
+// ---------------------------------------------------------------- backward
+
 // Per-thread scratch for one (batch, kv head) task.
 struct Workspace {
   int64_t length, head_dim;
@@ -115,41 +298,12 @@ struct Workspace {
   }
 };
 
-// Rows [0, 128) of a (T, ld) matrix, packed as head_dim / 64 B operands of 128 x 64.
-void pack_rows(const BFloat16* rows, int64_t ld, int64_t head_dim, BFloat16* scratch, BFloat16* dst) {
-  for (int64_t c = 0; c < head_dim / kChunk; ++c) {
-    pack_chunk(rows + c * kChunk, ld, kTile, scratch, dst + c * kTile * kChunk);
-  }
-}
-
-// (Rows [0, 128) of a (T, ld) matrix)^T, packed as two (D x 64) B operands, one per 64 rows.
-void pack_transposed_rows(const BFloat16* rows, int64_t ld, int64_t head_dim, BFloat16* transposed,
-                          BFloat16* scratch, BFloat16* dst) {
-  for (int64_t half = 0; half < kTile / kChunk; ++half) {
-    transpose(rows + half * kChunk * ld, ld, transposed, kChunk, kChunk, head_dim);
-    pack_chunk(transposed, kChunk, head_dim, scratch, dst + half * head_dim * kChunk);
-  }
-}
-
 // Two rows' worth of 16 floats each as 32 bf16 in VNNI order: a0 b0 a1 b1 ... a15 b15.
 inline __m512i interleave_bf16(__m512 a, __m512 b) {
   const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                          23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a in lanes 0-15
   return _mm512_permutexvar_epi16(order, both);
-}
-
-// 2^x to ~1e-4 relative error (plenty for probabilities that are rounded to bf16): 1 + f (a + f (b +
-// f c)) on the fraction f, fitted for the least largest relative error with 2^0 and 2^1 exact (so
-// that a running maximum that does not change rescales by exactly 1), times 2^floor(x) (scalef,
-// which also takes very negative x to 0).
-inline __m512 exp2_approx(__m512 x) {
-  const __m512 whole = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, whole);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.07826796919107437f), f, _mm512_set1_ps(0.2263076901435852f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6954243183135986f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, whole);
 }
 
 // From S and dP of one tile pair: P = exp(scale S - lse) (0 above the diagonal on the diagonal
@@ -188,18 +342,6 @@ void softmax_gradient(Workspace& w, const float* lse2, const float* delta, float
   }
 }
 
-// dst (rows x cols, leading dimension ld_dst) = bf16 of factor src (rows x cols, contiguous).
-void store_scaled(const float* src, int64_t rows, int64_t cols, BFloat16* dst, int64_t ld_dst, float factor) {
-  const Vec f(factor);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; c += kLanes) {
-      const __m512 value = _mm512_mul_ps(_mm512_loadu_ps(src + r * cols + c), f);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * ld_dst + c),
-                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value)));
-    }
-  }
-}
-
 // dst rows (T x D, leading dimension ld_dst) = bf16 of src^T, src (D x T) fp32.
 void store_transposed(Workspace& w, const float* src, BFloat16* dst, int64_t ld_dst, float factor) {
   fbgemm::transpose_simd<float>(w.head_dim, w.length, src, w.ld_t, w.rows_out.data(), w.head_dim);
@@ -209,19 +351,14 @@ void store_transposed(Workspace& w, const float* src, BFloat16* dst, int64_t ld_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention_backward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& grad_out, const at::Tensor& lse, double scale) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be (B, T, H, D)");
-  for (const auto* t : {&q, &k, &v, &out, &grad_out}) {
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->device().is_cpu(),
-                "q, k, v, out, grad_out must be contiguous bf16 CPU tensors");
+  check_attention_inputs(q, k, v);
+  for (const auto* t : {&out, &grad_out}) {
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->sizes() == q.sizes(),
+                "out and grad_out must be contiguous bf16 tensors shaped like q");
   }
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "lse must be contiguous fp32 (B, H, T)");
   const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), head_dim = q.size(3);
   const int64_t kv_heads = k.size(2);
-  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == batch && k.size(1) == length && k.size(3) == head_dim,
-              "k and v must be (B, T, Hkv, D) matching q");
-  TORCH_CHECK(out.sizes() == q.sizes() && grad_out.sizes() == q.sizes(), "out and grad_out must match q");
-  TORCH_CHECK(heads % kv_heads == 0, "query heads must be a multiple of kv heads");
-  TORCH_CHECK(length % kTile == 0 && head_dim % kChunk == 0, "T must be a multiple of 128 and D of 64");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == batch && lse.size(1) == heads && lse.size(2) == length,
               "lse must be (B, H, T)");
 
@@ -309,140 +446,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention_backward(
     cpublas::brgemm_release();
   });
   return {grad_q, grad_k, grad_v};
-}
-
-
-// One 128 x 128 tile of scores S (fp32, row-major) -> P = 2^(S scale log2(e) - m) as bf16
-// row-major (0 above the diagonal on the diagonal tile), with the running row maxima m (base 2),
-// row sums l and accumulated output rows rescaled to the new maxima (FlashAttention-2's online
-// softmax in base 2; the scale is positive, so the maximum of S scaled is the scaled maximum).
-// Three passes over the rows, so that no row's horizontal reductions wait on the previous row's.
-void online_softmax(const float* scores, float scale2, bool diagonal, float* row_max, float* row_sum,
-                    float* acc, int64_t head_dim, bool first, BFloat16* probs) {
-  const __m512 scale_vec = _mm512_set1_ps(scale2);
-  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  alignas(64) float new_max[kTile], tile_sum[kTile];
-  for (int64_t r = 0; r < kTile; ++r) {
-    const float* row = scores + r * kTile;
-    const int64_t end = diagonal ? r + 1 : kTile;  // columns from `end` on are masked
-    __m512 peak = minus_inf;
-    for (int64_t col = 0; col < end; col += kLanes) {
-      const __mmask16 kept = static_cast<__mmask16>(end - col >= kLanes ? 0xffffu : (1u << (end - col)) - 1u);
-      peak = _mm512_mask_max_ps(peak, kept, peak, _mm512_loadu_ps(row + col));
-    }
-    new_max[r] = std::max(row_max[r], _mm512_reduce_max_ps(peak) * scale2);
-  }
-  for (int64_t r = 0; r < kTile; ++r) {
-    const float* row = scores + r * kTile;
-    const int64_t end = diagonal ? r + 1 : kTile;
-    const __m512 max_vec = _mm512_set1_ps(new_max[r]);
-    __m512 total = _mm512_setzero_ps();
-    for (int64_t col = 0; col < kTile; col += kLanes) {
-      __m512 p = exp2_approx(_mm512_fmsub_ps(_mm512_loadu_ps(row + col), scale_vec, max_vec));
-      if (col + kLanes > end) {
-        p = _mm512_maskz_mov_ps(static_cast<__mmask16>((1u << std::max<int64_t>(0, end - col)) - 1u), p);
-      }
-      total = _mm512_add_ps(total, p);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(probs + r * kTile + col),
-                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(p)));
-    }
-    tile_sum[r] = _mm512_reduce_add_ps(total);
-  }
-  for (int64_t r = 0; r < kTile; r += kLanes) {
-    const __m512 fresh = _mm512_load_ps(new_max + r), sums = _mm512_load_ps(tile_sum + r);
-    if (first) {
-      _mm512_storeu_ps(row_sum + r, sums);
-    } else {
-      alignas(64) float alpha[kLanes];
-      _mm512_store_ps(alpha, static_cast<__m512>(Vec(_mm512_sub_ps(_mm512_loadu_ps(row_max + r), fresh)).exp2()));
-      _mm512_storeu_ps(row_sum + r, _mm512_fmadd_ps(_mm512_loadu_ps(row_sum + r), _mm512_load_ps(alpha), sums));
-      for (int64_t i = 0; i < kLanes; ++i) {
-        if (alpha[i] != 1.0f) {
-          const __m512 factor = _mm512_set1_ps(alpha[i]);
-          float* out_row = acc + (r + i) * head_dim;
-          for (int64_t c = 0; c < head_dim; c += kLanes) {
-            _mm512_storeu_ps(out_row + c, _mm512_mul_ps(_mm512_loadu_ps(out_row + c), factor));
-          }
-        }
-      }
-    }
-    _mm512_storeu_ps(row_max + r, fresh);
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor> causal_attention_forward(const at::Tensor& q, const at::Tensor& k,
-                                                             const at::Tensor& v, double scale) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be (B, T, H, D)");
-  for (const auto* t : {&q, &k, &v}) {
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->device().is_cpu(),
-                "q, k, v must be contiguous bf16 CPU tensors");
-  }
-  const int64_t batch = q.size(0), length = q.size(1), heads = q.size(2), head_dim = q.size(3);
-  const int64_t kv_heads = k.size(2);
-  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == batch && k.size(1) == length && k.size(3) == head_dim,
-              "k and v must be (B, T, Hkv, D) matching q");
-  TORCH_CHECK(heads % kv_heads == 0, "query heads must be a multiple of kv heads");
-  TORCH_CHECK(length % kTile == 0 && head_dim % kChunk == 0, "T must be a multiple of 128 and D of 64");
-  TORCH_CHECK(scale > 0, "scale must be positive");
-
-  auto out = at::empty_like(q);
-  auto lse = at::empty({batch, heads, length}, q.options().dtype(at::kFloat));
-  const int64_t group = heads / kv_heads, tiles = length / kTile, chunks = head_dim / kChunk;
-  const int64_t q_row = heads * head_dim, kv_row = kv_heads * head_dim;
-  const int64_t tile_matrix = kTile * head_dim, head_matrix = length * head_dim;
-  const float scale2 = static_cast<float>(scale) * kLog2e;
-  const BFloat16* q_data = q.const_data_ptr<BFloat16>();
-  const BFloat16* k_data = k.const_data_ptr<BFloat16>();
-  const BFloat16* v_data = v.const_data_ptr<BFloat16>();
-  BFloat16* out_data = out.data_ptr<BFloat16>();
-  float* lse_data = lse.data_ptr<float>();
-
-  // K^T and V of every (batch, kv head, key tile), packed as brgemm B operands once.
-  auto keys_t = at::empty({batch * kv_heads * head_matrix}, q.options());
-  auto values = at::empty({batch * kv_heads * head_matrix}, q.options());
-  BFloat16* keys_t_data = keys_t.data_ptr<BFloat16>();
-  BFloat16* values_data = values.data_ptr<BFloat16>();
-  at::parallel_for(0, batch * kv_heads * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<BFloat16> transposed(head_dim * kChunk), scratch(std::max(head_dim, kTile) * kChunk);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (kv_heads * tiles), kv_head = task / tiles % kv_heads, j = task % tiles;
-      const int64_t src = b * length * kv_row + j * kTile * kv_row + kv_head * head_dim;
-      const int64_t dst = (b * kv_heads + kv_head) * head_matrix + j * tile_matrix;
-      pack_transposed_rows(k_data + src, kv_row, head_dim, transposed.data(), scratch.data(), keys_t_data + dst);
-      pack_rows(v_data + src, kv_row, head_dim, scratch.data(), values_data + dst);
-    }
-  });
-
-  at::parallel_for(0, batch * heads * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(kTile * kTile), acc(kTile * head_dim), row_max(kTile), row_sum(kTile);
-    std::vector<BFloat16> probs(kTile * kTile);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (heads * tiles), h = task / tiles % heads, i = task % tiles;
-      const int64_t kv = (b * kv_heads + h / group) * head_matrix;
-      const BFloat16* q_tile = q_data + b * length * q_row + i * kTile * q_row + h * head_dim;
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<float>::infinity());
-      for (int64_t j = 0; j <= i; ++j) {
-        for (int64_t half = 0; half < kTile / kChunk; ++half) {
-          product(kTile, head_dim, q_row, kTile, false, q_tile,
-                  keys_t_data + kv + j * tile_matrix + half * head_dim * kChunk, scores.data() + half * kChunk);
-        }
-        online_softmax(scores.data(), scale2, i == j, row_max.data(), row_sum.data(), acc.data(), head_dim,
-                       j == 0, probs.data());
-        for (int64_t c = 0; c < chunks; ++c) {
-          product(kTile, kTile, kTile, head_dim, j > 0, probs.data(),
-                  values_data + kv + j * tile_matrix + c * kTile * kChunk, acc.data() + c * kChunk);
-        }
-      }
-      BFloat16* out_tile = out_data + b * length * q_row + i * kTile * q_row + h * head_dim;
-      float* lse_tile = lse_data + (b * heads + h) * length + i * kTile;
-      for (int64_t r = 0; r < kTile; ++r) {
-        store_scaled(acc.data() + r * head_dim, 1, head_dim, out_tile + r * q_row, q_row, 1.0f / row_sum[r]);
-        lse_tile[r] = (row_max[r] + std::log2(row_sum[r])) * kLn2;
-      }
-    }
-    cpublas::brgemm_release();
-  });
-  return {out, lse};
 }
 
 bool supported() {
