@@ -1,7 +1,7 @@
 """Causal attention on CPU with pgolf's AMX kernels (`cpu_attention.cpp`), forward and backward.
 
-Both run their products on the AMX tile unit with fp32 accumulation: forward+backward 1.8-1.9x
-faster than SDPA's at the `pr198` shape and ~2.9x at `tiny`'s, with gradients closer to float64
+Both run their products on the AMX tile unit with fp32 accumulation: forward+backward ~2x faster
+than SDPA's at the `pr198` shape and 3.2-3.5x at `tiny`'s, with gradients closer to float64
 (benchmarks/cpu_attention_kernel.py, docs/performance.md). They are wrapped as one
 `torch.library` custom op with its own autograd formula, so `torch.compile` keeps it as a single
 opaque node and the model still compiles to one graph.
