@@ -57,7 +57,7 @@ def unavailable_reason() -> str | None:
 
 @contextlib.contextmanager
 def switched_off():
-    """Within the block `usable` says no, so attention trains with SDPA's backward (for A/B timing)."""
+    """Within the block `usable` says no, so attention trains with SDPA, forward and backward (for A/B timing)."""
     global _switched_off
     was_off, _switched_off = _switched_off, True
     try:
