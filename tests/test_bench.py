@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -174,6 +175,10 @@ def test_cli_bench_train_and_eval(capsys, keep_threads):
     output = capsys.readouterr().out
     assert "| fp32 " in output and "| bf16 " in output and "1.00x" in output and "fastest:" in output
     assert "threads: intra-op 1" in output
+    # the bf16 peak: once before, after each of the 2 timed rounds (every size again), once after
+    sampled = re.search(r"median [0-9.]+ TFLOP/s of (\d+) samples \([0-9.-]+; winning sizes ([0-9,]+)\)", output)
+    assert sampled and sampled.group(1) == "4"
+    assert len(sampled.group(2).split(",")) == 4 and set(sampled.group(2).split(",")) <= {"64", "128"}
     assert main(["bench", "eval", *common, "--variant", "fp32", "--batch-seqs", "2", "--batches", "1"]) == 0
     output = capsys.readouterr().out
     # tiny: window 256 at stride 64, so 1 + (62,021,632 - 256) / 64 windows for the official split

@@ -63,6 +63,8 @@ VARIANTS: dict[str, Variant] = {
 }
 CPU_VARIANTS = ("fp32", "bf16", "bf16+compile")
 GPU_VARIANTS = ("bf16+compile",)
+# `pgolf bench train` warns when the bf16 peak samples of one run differ by more than this factor
+PEAK_SPREAD_WARNING = 1.5
 
 # Decided by `pgolf bench train` on this project's CPU machine (docs/performance.md): bf16 autocast
 # with torch.compile (and, where the CPU has AMX, pgolf's attention kernels) was the fastest variant

@@ -134,18 +134,26 @@ def run_train(args: argparse.Namespace) -> int:
         shard = bench.write_synthetic_shard(Path(folder), config.model.vocab_size, num_tokens, seed=config.seed)
         runs = [(variant, bench.bench_run_config(config, variant, micro_batch, seq_len, args.grad_accum, device))
                 for variant in variants]
-        # The bf16 peak is sampled again after every round of steps, at the size that won above, so
-        # that MFU compares with what the matmul unit gave while the steps ran: on a shared machine
-        # the same product measured 0.4-2.1 TFLOP/s within an hour (docs/performance.md).
-        samples = [peaks["bf16"]]
-        best_size = (bf16_size,)
-        measurements = bench.measure_training(
-            runs, device, shard, args.warmup, args.steps,
-            after_round=lambda: samples.append(bench.matmul_peak(device, torch.bfloat16, best_size, repeats=3)[0]))
-    samples.append(bench.matmul_peak(device, torch.bfloat16, args.sizes)[0])
+        # The bf16 peak is sampled again after every round of steps, every candidate size each
+        # time, so that MFU compares with what the matmul unit gave while the steps ran: on a shared
+        # machine the same product measured 0.4-2.1 TFLOP/s within an hour, and a size that won one
+        # noisy opening probe (1024 on two threads) can cap every later sample (docs/performance.md).
+        samples, sample_sizes = [peaks["bf16"]], [bf16_size]
+
+        def sample_peak() -> None:
+            rate, size = bench.matmul_peak(device, torch.bfloat16, args.sizes, repeats=3)
+            samples.append(rate)
+            sample_sizes.append(size)
+
+        measurements = bench.measure_training(runs, device, shard, args.warmup, args.steps, after_round=sample_peak)
+    sample_peak()
     peaks["bf16"] = statistics.median(samples)
     print(f"matmul peak bf16 through the run: median {peaks['bf16'] / 1e12:.3f} TFLOP/s of {len(samples)} "
-          f"samples ({min(samples) / 1e12:.3f}-{max(samples) / 1e12:.3f}); MFU below is against the median")
+          f"samples ({min(samples) / 1e12:.3f}-{max(samples) / 1e12:.3f}; winning sizes "
+          f"{','.join(map(str, sample_sizes))}); MFU below is against the median")
+    if max(samples) > bench.PEAK_SPREAD_WARNING * min(samples):
+        print(f"warning: the bf16 peak varied {max(samples) / min(samples):.1f}x through the run (other load on "
+              "the machine?); MFU is only as steady as that median")
 
     if device.type == "cpu" and any(variant.autocast_dtype == "bf16" for variant in variants):
         from pgolf.kernels import cpu_attention
