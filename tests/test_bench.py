@@ -183,4 +183,5 @@ def test_cli_bench_train_and_eval(capsys, keep_threads):
     output = capsys.readouterr().out
     # tiny: window 256 at stride 64, so 1 + (62,021,632 - 256) / 64 windows for the official split
     assert "positions/s" in output and "969,085 windows" in output
+    assert re.search(r"matmul peak fp32: [0-9.]+ TFLOP/s \((64|128)x\1x\1, median of 5", output)
     assert main(["bench", "train", *common, "--variants", "fp16"]) == 1

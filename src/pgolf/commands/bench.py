@@ -213,7 +213,9 @@ def run_eval(args: argparse.Namespace) -> int:
     runnable = torch.compile(model, dynamic=False) if variant.compile else model
     dtype = torch.bfloat16 if variant.autocast_dtype == "bf16" else None
     result = bench.measure_eval(runnable, config, device, args.batches, batch_seqs, dtype)
-    peak, _ = bench.matmul_peak(device, variant.torch_dtype, args.sizes)
+    peak, size = bench.matmul_peak(device, variant.torch_dtype, args.sizes)
+    print(f"matmul peak {variant.autocast_dtype}: {peak / 1e12:.3f} TFLOP/s ({size}x{size}x{size}, median of 5, "
+          "timed once after the evaluation: MFU below is against it)")
     achieved = result.positions_per_second * flops.forward_flops_per_position(config.model, config.eval_seq_len)
     full_windows = flops.sliding_window_count(flops.OFFICIAL_VAL_TARGETS, config.eval_seq_len, config.eval_stride)
     print(f"variant: {variant.name}, attention: {attention_backend_name(device)}, window {config.eval_seq_len}, "
