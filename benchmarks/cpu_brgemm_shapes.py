@@ -114,6 +114,29 @@ TORCH_LIBRARY(pgolf_brgemm_bench, library) {
 SHAPES = ((128, 64), (128, 128), (64, 128), (128, 512), (128, 2048))  # (M, K); N = 64
 
 
+def load_extension() -> None:
+    """Build (first time) and load the timing operators `torch.ops.pgolf_brgemm_bench.*`; exits without AMX."""
+    reason = build.amx_unavailable_reason()
+    if reason:
+        raise SystemExit(f"no AMX brgemm here: {reason}")
+    cpp_extension.load_inline(name="pgolf_brgemm_bench", cpp_sources=[SOURCE],
+                              extra_cflags=build.AVX512_FLAGS + ["-mamx-tile", "-mamx-bf16"],
+                              extra_ldflags=["-fopenmp"], is_python_module=False)
+
+
+def brgemm_seconds(m: int, k: int, calls: int) -> float:
+    """Seconds per call of C (m x 64) += A (m x k) B (k x 64) with hot caches (after 50 untimed calls)."""
+    torch.ops.pgolf_brgemm_bench.time_brgemm(m, k, 50)
+    return torch.ops.pgolf_brgemm_bench.time_brgemm(m, k, calls) / calls
+
+
+def score_tile_seconds(calls: int, hand_written: bool = False) -> float:
+    """Seconds per 128 x 128 x 64 score product: two brgemm calls, or the hand-written AMX loop."""
+    mode = 0 if hand_written else 1
+    torch.ops.pgolf_brgemm_bench.time_score_tile(200, mode)
+    return torch.ops.pgolf_brgemm_bench.time_score_tile(calls, mode) / calls
+
+
 def matmul_rate() -> float:
     """FLOP/s of a 2048^3 bf16 product (pgolf's peak probe: median of 5 after 2 warm-up calls)."""
     return bench.matmul_peak(torch.device("cpu"), torch.bfloat16, (2048,))[0]
@@ -124,27 +147,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the matmul; brgemm runs on one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    reason = build.amx_unavailable_reason()
-    if reason:
-        raise SystemExit(f"no AMX brgemm here: {reason}")
-    cpp_extension.load_inline(name="pgolf_brgemm_bench", cpp_sources=[SOURCE], extra_cflags=build.AVX512_FLAGS + ["-mamx-tile", "-mamx-bf16"],
-                              extra_ldflags=["-fopenmp"], is_python_module=False)
+    load_extension()
     peak = matmul_rate()
     print(f"torch.matmul 2048^3 bf16, {args.threads} thread(s): {peak / 1e9:.0f} GFLOP/s")
     for m, k in SHAPES:
-        calls = max(200, 4_000_000 // (m * k))
-        torch.ops.pgolf_brgemm_bench.time_brgemm(m, k, 50)  # generate the kernel, warm the caches
-        seconds = torch.ops.pgolf_brgemm_bench.time_brgemm(m, k, calls)
-        rate = 2 * m * 64 * k * calls / seconds
+        rate = 2 * m * 64 * k / brgemm_seconds(m, k, max(200, 4_000_000 // (m * k)))
         print(f"brgemm M={m:4d} N=64 K={k:4d}, 1 thread: {rate / 1e9:5.0f} GFLOP/s "
               f"({rate / peak:.0%} of the matmul rate)")
     flops = 2 * 128 * 128 * 64
     rates = {}
     for _ in range(3):  # alternate, so that the machine's changes of pace fall on both
-        for mode, name in ((1, "two brgemm calls"), (0, "hand-written AMX")):
-            torch.ops.pgolf_brgemm_bench.time_score_tile(200, mode)
-            seconds = torch.ops.pgolf_brgemm_bench.time_score_tile(20000, mode)
-            rates.setdefault(name, []).append(20000 * flops / seconds)
+        for hand_written, name in ((False, "two brgemm calls"), (True, "hand-written AMX")):
+            rates.setdefault(name, []).append(flops / score_tile_seconds(20000, hand_written))
     for name, samples in rates.items():
         best = max(samples)
         print(f"score tile 128 x 128, K=64, 1 thread, {name}: {best / 1e9:5.0f} GFLOP/s "
