@@ -157,3 +157,36 @@ def test_a_config_predicted_over_budget_is_warned_before_training():
     assert budget_warning(pr198(), 66_133) is None  # the record's recipe fits (15.7 MB in the reference)
     warning = budget_warning(apply_overrides(pr198(), ["num_layers=14"]), 66_133)
     assert warning.startswith("warning: predicted artifact") and "16,000,000-byte budget" in warning
+
+
+def test_a_training_step_asks_no_tensor_for_a_python_value(tmp_path, monkeypatch):
+    # No host-device synchronisation inside the step (on a GPU, a tensor's Python value waits for every
+    # queued kernel). Nothing syncs on CPU, so the check is that no pgolf code in the step, optimisers
+    # included, reads a tensor's value; torch's own CPU-side bookkeeping (AdamW's step counts) may.
+    from pgolf import bench
+    from pgolf.train import train_step
+
+    package = str(Path(train_module.__file__).parent)
+    calls = []
+
+    def guarded(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(package):
+                calls.append(f"{name} from {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    run = apply_overrides(tiny(), TEST_SETTINGS + ["grad_clip_norm=0.3"])
+    device = torch.device("cpu")
+    shard = bench.write_synthetic_shard(tmp_path, run.model.vocab_size, 5_000)
+    trainer = bench.build_bench_trainer(bench.bench_run_config(run, bench.VARIANTS["fp32"], 4, 32, 2, device),
+                                        device, shard)
+    for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guarded(name))
+    losses = [train_step(trainer) for _ in range(2)]  # the first step also creates the optimiser state
+    monkeypatch.undo()
+    assert calls == []
+    assert all(loss.dim() == 0 and math.isfinite(loss.item()) for loss in losses)
