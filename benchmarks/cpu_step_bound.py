@@ -1,7 +1,7 @@
 """Where a pr198 training step's time goes on this CPU, and the MFU it could reach if parts of it ran
 at the rates the hardware shows elsewhere: a measured ceiling for `pgolf bench train`'s MFU.
 
-    PYTHONPATH=src python benchmarks/cpu_step_bound.py --threads 1 [--grad-accum 8] [--steps 2]
+    PYTHONPATH=src python benchmarks/cpu_step_bound.py --threads 1 [--micro-batch 1] [--grad-accum 8] [--steps 2]
 
 In one run it times:
   * whole bf16+compile training steps (the trainer `pgolf bench train` times, synthetic tokens),
@@ -52,14 +52,14 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(bench.time_calls(function, repeats, torch.device("cpu")))
 
 
-def time_steps(config, seq_len: int, grad_accum: int, steps: int) -> tuple[float, float, nn.Module]:
+def time_steps(config, micro_batch: int, seq_len: int, grad_accum: int, steps: int) -> tuple[float, float, nn.Module]:
     """(seconds per optimiser step, seconds of it in the optimisers' `step`, the model) after one untimed step."""
     variant = bench.VARIANTS["bf16+compile"]
     device = torch.device("cpu")
-    run_config = bench.bench_run_config(config, variant, 1, seq_len, grad_accum, device)
+    run_config = bench.bench_run_config(config, variant, micro_batch, seq_len, grad_accum, device)
     in_optimizers = [0.0]
     with tempfile.TemporaryDirectory() as folder:
-        tokens = (steps + 2) * grad_accum * (seq_len + 1) + 1
+        tokens = (steps + 2) * grad_accum * micro_batch * (seq_len + 1) + 1
         shard = bench.write_synthetic_shard(Path(folder), config.model.vocab_size, tokens)
         trainer = bench.build_bench_trainer(run_config, device, shard)
         for optimizer in trainer.optimizers:
@@ -109,12 +109,12 @@ def product_seconds(shapes: Counter, tokens: int, repeats: int) -> dict[str, flo
     return totals
 
 
-def attention_seconds(model, length: int, repeats: int) -> float:
-    """pgolf's AMX kernels, forward + backward, for one micro-step's layers (batch 1)."""
+def attention_seconds(model, batch: int, length: int, repeats: int) -> float:
+    """pgolf's AMX kernels, forward + backward, for one micro-step's layers."""
     generator = torch.Generator().manual_seed(0)
-    q = torch.randn(1, length, model.num_heads, model.head_dim, generator=generator).bfloat16()
-    k = torch.randn(1, length, model.num_kv_heads, model.head_dim, generator=generator).bfloat16()
-    v = torch.randn(1, length, model.num_kv_heads, model.head_dim, generator=generator).bfloat16()
+    q = torch.randn(batch, length, model.num_heads, model.head_dim, generator=generator).bfloat16()
+    k = torch.randn(batch, length, model.num_kv_heads, model.head_dim, generator=generator).bfloat16()
+    v = torch.randn(batch, length, model.num_kv_heads, model.head_dim, generator=generator).bfloat16()
     grad_out = torch.randn_like(q)
     scale = model.head_dim ** -0.5
     ops = torch.ops.pgolf_cpu
@@ -126,7 +126,7 @@ def attention_seconds(model, length: int, repeats: int) -> float:
     return model.num_layers * median_seconds(forward_backward, repeats)
 
 
-def attention_products_seconds(model, length: int, threads: int) -> float:
+def attention_products_seconds(model, batch: int, length: int, threads: int) -> float:
     """The kernels' products alone for one micro-step (brgemm, hot caches, timed on one thread and
     divided by `threads`, i.e. perfect scaling): per tile pair the forward's
     S = Q K^T (a 128 x 128 x 64 score tile) and P V (M 128, K 128), the backward's S and dP (two score
@@ -139,13 +139,14 @@ def attention_products_seconds(model, length: int, threads: int) -> float:
     square = cpu_brgemm_shapes.brgemm_seconds(128, 128, 20000)
     narrow = cpu_brgemm_shapes.brgemm_seconds(model.head_dim, 128, 20000)
     per_pair = 3 * score + 2 * chunks * square + 4 * narrow
-    return model.num_layers * model.num_heads * pairs * per_pair / threads
+    return batch * model.num_layers * model.num_heads * pairs * per_pair / threads
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="pr198")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--grad-accum", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
@@ -162,10 +163,10 @@ def main() -> None:
         raise SystemExit(f"pgolf's attention kernels are not available here: {reason}")
 
     peaks = [bench.matmul_peak(torch.device("cpu"), torch.bfloat16)[0]]
-    step, in_optimizers, model = time_steps(config, args.seq_len, args.grad_accum, args.steps)
-    products = product_seconds(linear_shapes(model), args.seq_len, args.repeats)
-    attention = attention_seconds(config.model, args.seq_len, args.repeats)
-    attention_products = attention_products_seconds(config.model, args.seq_len, args.threads)
+    step, in_optimizers, model = time_steps(config, args.micro_batch, args.seq_len, args.grad_accum, args.steps)
+    products = product_seconds(linear_shapes(model), args.micro_batch * args.seq_len, args.repeats)
+    attention = attention_seconds(config.model, args.micro_batch, args.seq_len, args.repeats)
+    attention_products = attention_products_seconds(config.model, args.micro_batch, args.seq_len, args.threads)
     peaks.append(bench.matmul_peak(torch.device("cpu"), torch.bfloat16)[0])
     peak = statistics.median(peaks)
 
@@ -173,13 +174,14 @@ def main() -> None:
     optimizer_share = in_optimizers / args.grad_accum
     model_products = products["forward"] + products["input grad"] + products["weight grad"]
     rest = micro - model_products - attention - optimizer_share
-    step_flops = flops.training_flops_per_token(config.model, args.seq_len) * args.seq_len
-    product_flops = 6 * flops.matrix_parameters_of_model(model) * args.seq_len
+    micro_tokens = args.micro_batch * args.seq_len
+    step_flops = flops.training_flops_per_token(config.model, args.seq_len) * micro_tokens
+    product_flops = 6 * flops.matrix_parameters_of_model(model) * micro_tokens
 
     def mfu(seconds: float) -> str:
         return f"{step_flops / seconds / peak:6.1%} MFU"
 
-    print(f"{args.preset}, 1 x {args.seq_len} tokens x {args.grad_accum} micro-steps, {args.threads} thread(s); "
+    print(f"{args.preset}, {args.micro_batch} x {args.seq_len} tokens x {args.grad_accum} micro-steps, {args.threads} thread(s); "
           f"bf16 peak {peak / 1e12:.2f} TFLOP/s (samples {', '.join(f'{p / 1e12:.2f}' for p in peaks)})")
     print(f"per micro-step: {micro * 1e3:7.1f} ms  {mfu(micro)} (the step as measured)")
     rows = [("model products", model_products, product_flops),
@@ -197,7 +199,7 @@ def main() -> None:
     best_products = min(product_flops / peak, model_products - dw_saving)
     ideal = micro - attention_saving - model_products + best_products
     # the reference's batch on one of its 8 GPUs, in micro-steps of seq_len tokens
-    reference_micro_steps = max(1, config.global_batch_tokens // (8 * args.seq_len))
+    reference_micro_steps = max(1, config.global_batch_tokens // (8 * micro_tokens))
     ideal_reference_batch = ideal - optimizer_share + in_optimizers / reference_micro_steps
     print("if only this changed, everything else as measured:")
     for name, seconds in (
