@@ -27,9 +27,9 @@ could give, not a prediction; the machine's pace changes during a run, so run it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,11 +38,11 @@ import torch
 from torch import nn
 
 from pgolf import bench, flops
-from pgolf.config import apply_overrides, get_preset
 from pgolf.train import train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_brgemm_shapes  # noqa: E402  (a sibling script: the brgemm timing operators)
+import step_setup  # noqa: E402  (a sibling module: what the step benchmarks share)
 
 TILE = 128  # pgolf's attention tiles (pgolf.kernels.cpu_attention.TILE)
 
@@ -52,34 +52,27 @@ def median_seconds(function, repeats: int) -> float:
     return statistics.median(bench.time_calls(function, repeats, torch.device("cpu")))
 
 
-def time_steps(config, micro_batch: int, seq_len: int, grad_accum: int, steps: int) -> tuple[float, float, nn.Module]:
+def time_steps(args: argparse.Namespace) -> tuple[float, float, nn.Module]:
     """(seconds per optimiser step, seconds of it in the optimisers' `step`, the model) after one untimed step."""
-    variant = bench.VARIANTS["bf16+compile"]
-    device = torch.device("cpu")
-    run_config = bench.bench_run_config(config, variant, micro_batch, seq_len, grad_accum, device)
     in_optimizers = [0.0]
-    with tempfile.TemporaryDirectory() as folder:
-        tokens = (steps + 2) * grad_accum * micro_batch * (seq_len + 1) + 1
-        shard = bench.write_synthetic_shard(Path(folder), config.model.vocab_size, tokens)
-        trainer = bench.build_bench_trainer(run_config, device, shard)
-        for optimizer in trainer.optimizers:
-            original = optimizer.step
 
-            def timed(*args, _original=original, **kwargs):
-                started = time.perf_counter()
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    in_optimizers[0] += time.perf_counter() - started
+    @contextlib.contextmanager
+    def timed(_name):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            in_optimizers[0] += time.perf_counter() - started
 
-            optimizer.step = timed
+    with step_setup.synthetic_trainer(args, bench.VARIANTS["bf16+compile"], torch.device("cpu"), args.steps) as trainer:
+        step_setup.around_optimizer_steps(trainer.optimizers, timed)
         train_step(trainer)  # compilation, allocator
         in_optimizers[0] = 0.0
         started = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(args.steps):
             train_step(trainer)
         elapsed = time.perf_counter() - started
-    return elapsed / steps, in_optimizers[0] / steps, trainer.base_model
+    return elapsed / args.steps, in_optimizers[0] / args.steps, trainer.base_model
 
 
 def linear_shapes(model: nn.Module) -> Counter:
@@ -144,26 +137,21 @@ def attention_products_seconds(model, batch: int, length: int, threads: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="pr198")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--micro-batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--grad-accum", type=int, default=8)
+    step_setup.add_step_arguments(parser, grad_accum=8, threads=1)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per product / attention median")
     args = parser.parse_args()
 
     bench.configure_threads(args.threads)
     cpu_brgemm_shapes.load_extension()
-    config = apply_overrides(get_preset(args.preset), args.overrides)
+    config = step_setup.step_config(args)
     from pgolf.kernels import cpu_attention
     reason = cpu_attention.prepare()
     if reason:
         raise SystemExit(f"pgolf's attention kernels are not available here: {reason}")
 
     peaks = [bench.matmul_peak(torch.device("cpu"), torch.bfloat16)[0]]
-    step, in_optimizers, model = time_steps(config, args.micro_batch, args.seq_len, args.grad_accum, args.steps)
+    step, in_optimizers, model = time_steps(args)
     products = product_seconds(linear_shapes(model), args.micro_batch * args.seq_len, args.repeats)
     attention = attention_seconds(config.model, args.micro_batch, args.seq_len, args.repeats)
     attention_products = attention_products_seconds(config.model, args.micro_batch, args.seq_len, args.threads)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -21,21 +21,18 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from pgolf import bench
-from pgolf.config import apply_overrides, get_preset
 from pgolf.distributed import resolve_device
 from pgolf.train import train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import step_setup  # noqa: E402  (a sibling module: what the step benchmarks share)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="pr198")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--micro-batch", type=int, default=1)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--grad-accum", type=int, default=1)
+    step_setup.add_step_arguments(parser, grad_accum=1, threads=os.cpu_count() or 1)
     parser.add_argument("--variant", default="bf16")
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--inductor-kernels", action="store_true",
@@ -47,26 +44,11 @@ def main() -> None:
 
     bench.configure_threads(args.threads)
     device = resolve_device(args.device)
-    config = apply_overrides(get_preset(args.preset), args.overrides)
     variant = bench.parse_variants(args.variant)[0]
-    run_config = bench.bench_run_config(config, variant, args.micro_batch, args.seq_len, args.grad_accum, device)
-    with tempfile.TemporaryDirectory() as folder:
-        tokens = (args.steps + 2) * args.grad_accum * (args.micro_batch * args.seq_len + 1) + 1
-        shard = bench.write_synthetic_shard(Path(folder), config.model.vocab_size, tokens)
-        trainer = bench.build_bench_trainer(run_config, device, shard)
+    with step_setup.synthetic_trainer(args, variant, device, args.steps) as trainer:
         train_step(trainer)  # warm-up (compilation, allocator)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        optimizers = trainer.optimizers
-        original_steps = [optimizer.step for optimizer in optimizers]
-
-        def labelled(step, name):
-            def wrapper(*a, **k):
-                with record_function(name):
-                    return step(*a, **k)
-            return wrapper
-
-        for optimizer, step in zip(optimizers, original_steps):
-            optimizer.step = labelled(step, f"optimizer:{type(optimizer).__name__}")
+        step_setup.around_optimizer_steps(trainer.optimizers, lambda name: record_function(f"optimizer:{name}"))
         started = time.perf_counter()
         with profile(activities=activities) as profiler:
             for _ in range(args.steps):
