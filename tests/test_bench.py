@@ -88,6 +88,35 @@ def test_bench_run_config():
         bench.bench_run_config(RunConfig(), bench.VARIANTS["fp32"], 0, 128, 1, torch.device("cpu"))
 
 
+def test_default_micro_batch_is_capped_on_cpu_only():
+    from pgolf.config import pr198, tiny
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert bench.default_micro_batch(pr198(), 2048, cuda) == (48, None)  # the preset's, 98,304 tokens
+    sequences, note = bench.default_micro_batch(pr198(), 2048, cpu)
+    assert sequences * 2048 <= bench.CPU_DEFAULT_MICRO_TOKENS and sequences == 4
+    assert "48 x 2048" in note and "--grad-accum 12" in note
+    assert bench.default_micro_batch(tiny(), 256, cpu) == (32, None)  # 8,192 tokens already
+    assert bench.default_micro_batch(pr198(), 16_384, cpu)[0] == 1  # never below one sequence
+
+
+def test_out_of_memory_in_a_variant_says_what_to_change(tmp_path, monkeypatch):
+    from pgolf import train
+
+    def allocation_fails(trainer):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 603979776 bytes")
+
+    monkeypatch.setattr(train, "train_step", allocation_fails)
+    run = RunConfig(model=SMALL)
+    shard = bench.write_synthetic_shard(tmp_path, SMALL.vocab_size, 2_000)
+    variant = bench.VARIANTS["fp32"]
+    runs = [(variant, bench.bench_run_config(run, variant, 3, 32, 1, torch.device("cpu")))]
+    with pytest.raises(PgolfError, match=r"fp32 ran out of memory at 3 x 32 tokens per micro-step .*--micro-batch"):
+        bench.measure_training(runs, torch.device("cpu"), shard, warmup_steps=1, timed_steps=1)
+    assert not bench.is_out_of_memory(RuntimeError("shapes do not match"))
+
+
 def test_format_table_aligns_columns():
     lines = bench.format_table(["a", "long header"], [["wide cell", "1"], ["x", "22"]]).splitlines()
     assert len({len(line) for line in lines}) == 1

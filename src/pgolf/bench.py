@@ -72,6 +72,31 @@ PEAK_SPREAD_WARNING = 1.5
 # should fall back to eager if compilation fails (no C++ compiler).
 CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]
 
+# `pgolf bench train` on CPU without --micro-batch: at most this many tokens per micro-step. A
+# preset's GPU micro-batch does not fit a CPU's memory (pr198's 48 x 2048: 16 x 2048 already holds
+# 9.4 GiB resident in bf16+compile, fp32 eager more), and 4 x 2048 was the fastest pr198 micro-step
+# measured on CPU (docs/performance.md). tiny's 32 x 256 is exactly this size.
+CPU_DEFAULT_MICRO_TOKENS = 8192
+
+
+def default_micro_batch(config: RunConfig, seq_len: int, device: torch.device) -> tuple[int, str | None]:
+    """Sequences per micro-step when none is asked for: the preset's, except on CPU where it is capped
+    at CPU_DEFAULT_MICRO_TOKENS. Returns (sequences, a note saying so when capped, else None)."""
+    preset = max(1, config.micro_batch_tokens // seq_len)
+    if device.type != "cpu" or preset * seq_len <= CPU_DEFAULT_MICRO_TOKENS:
+        return preset, None
+    capped = max(1, CPU_DEFAULT_MICRO_TOKENS // seq_len)
+    return capped, (f"the preset's {preset} x {seq_len} tokens per micro-step would not fit a CPU's memory: "
+                    f"{capped} x {seq_len} instead (--micro-batch to choose; --grad-accum {preset // capped} "
+                    f"for the preset's tokens per step)")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    cuda_out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(error, cuda_out_of_memory) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
 
 def parse_variants(text: str) -> list[Variant]:
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -241,6 +266,11 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
                 with variant.step_context():
                     measurement.losses.append(float(train_step(trainer)))
         except Exception as error:  # a compile failure must not hide the other variants' numbers
+            if is_out_of_memory(error):
+                sequences = config.micro_batch_tokens // config.train_seq_len
+                raise PgolfError(f"{variant.name} ran out of memory at {sequences} x {config.train_seq_len} tokens "
+                                 f"per micro-step ({_describe_error(error)}); pass a smaller --micro-batch, and a "
+                                 f"larger --grad-accum to keep the tokens per step") from error
             if not variant.compile:
                 raise
             measurement.error = _describe_error(error)

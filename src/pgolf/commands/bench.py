@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser("train", help="time full training steps (forward, backward, optimiser)")
     _common_arguments(train)
-    train.add_argument("--micro-batch", type=int, help="sequences per micro-step (default: the preset's)")
+    train.add_argument("--micro-batch", type=int, help="sequences per micro-step (default: the preset's, on CPU "
+                                                       "capped to fit memory, with a note saying so)")
     train.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's)")
     train.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimiser step (default 1)")
     train.add_argument("--variants", help="comma list of fp32, bf16, bf16+compile, fp32+compile, and on CPU "
@@ -112,13 +113,16 @@ def run_train(args: argparse.Namespace) -> int:
     variants = bench.parse_variants(args.variants or ",".join(
         bench.GPU_VARIANTS if device.type == "cuda" else bench.CPU_VARIANTS))
     seq_len = args.seq_len or config.train_seq_len
-    micro_batch = args.micro_batch or config.micro_batch_tokens // config.train_seq_len
+    micro_batch, capped_note = (args.micro_batch, None) if args.micro_batch else \
+        bench.default_micro_batch(config, seq_len, device)
     if args.steps < 1 or args.warmup < 1:
         raise PgolfError(f"--steps and --warmup must be >= 1 (got {args.steps}, {args.warmup})")
     print("\n".join(_header(args, device, threads)))
     print(f"shape: {micro_batch} x {seq_len} tokens per micro-step, {args.grad_accum} micro-step(s) per step; "
           f"{flops.training_flops_per_token(config.model, seq_len):,} FLOP per token "
           f"({flops.matrix_parameters(config.model):,} matrix parameters)")
+    if capped_note:
+        print(f"note: {capped_note}")
 
     peaks = {}
     for dtype_name in sorted({variant.autocast_dtype for variant in variants} | {"bf16"}):
