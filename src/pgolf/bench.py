@@ -80,9 +80,10 @@ CPU_DEFAULT_MICRO_TOKENS = 8192
 
 
 def default_micro_batch(config: RunConfig, seq_len: int, device: torch.device) -> tuple[int, str | None]:
-    """Sequences per micro-step when none is asked for: the preset's, except on CPU where it is capped
-    at CPU_DEFAULT_MICRO_TOKENS. Returns (sequences, a note saying so when capped, else None)."""
-    preset = max(1, config.micro_batch_tokens // seq_len)
+    """Sequences of `seq_len` tokens per micro-step when none is asked for: the preset's number of
+    sequences, except on CPU where the micro-step is capped at CPU_DEFAULT_MICRO_TOKENS. Returns
+    (sequences, a note saying so when capped, else None)."""
+    preset = max(1, config.micro_batch_tokens // config.train_seq_len)
     if device.type != "cpu" or preset * seq_len <= CPU_DEFAULT_MICRO_TOKENS:
         return preset, None
     capped = max(1, CPU_DEFAULT_MICRO_TOKENS // seq_len)
