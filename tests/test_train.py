@@ -150,6 +150,26 @@ def test_torch_threads_are_untouched_by_a_run(tiny_dataset_dir, tmp_path):
     assert torch.get_num_threads() == before
 
 
+def test_the_cpu_memory_warning_reaches_the_run_log(tiny_dataset_dir, tmp_path):
+    config = small_config(tiny_dataset_dir, "iterations=1", "val_every=0", "swa_enabled=false",
+                          "global_batch_tokens=8224", "micro_batch_tokens=8224")  # 257 x 32
+    run_training(config, tmp_path / "run", quiet=True)
+    assert "warning: 8,224 tokens per micro-step on CPU" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_cpu_micro_step_too_large_for_memory_is_warned_with_a_setting_that_fits():
+    from pgolf.assemble import CPU_MICRO_TOKENS, cpu_memory_warning
+    from pgolf.config import pr198
+
+    warning = cpu_memory_warning(pr198(), torch.device("cpu"))  # 48 x 2048 tokens per micro-step
+    assert warning.startswith("warning: 98,304 tokens per micro-step on CPU")
+    assert f"micro_batch_tokens={CPU_MICRO_TOKENS}" in warning and 786_432 % CPU_MICRO_TOKENS == 0
+    assert cpu_memory_warning(pr198(), torch.device("cuda")) is None
+    assert cpu_memory_warning(tiny(), torch.device("cpu")) is None  # 32 x 256
+    odd = apply_overrides(pr198(), ["global_batch_tokens=30720", "micro_batch_tokens=30720"])  # 15 x 2048
+    assert "micro_batch_tokens=6144" in cpu_memory_warning(odd, torch.device("cpu"))  # 3 x 2048 divides it
+
+
 def test_a_config_predicted_over_budget_is_warned_before_training():
     from pgolf.assemble import budget_warning
     from pgolf.config import pr198

@@ -196,6 +196,24 @@ def budget_warning(config: RunConfig, bytes_code: int) -> str | None:
             "budget; this run will not be submittable as configured")
 
 
+# A micro-step that fits a CPU's memory: pr198 held ~3 GiB resident at 4 x 2048 tokens per micro-step
+# and 9.4 GiB at 16 x 2048 in bf16+compile (docs/performance.md); its GPU micro-step, 48 x 2048, does
+# not fit a 24 GiB machine. `pgolf bench train` caps its CPU default here too.
+CPU_MICRO_TOKENS = 8192
+
+
+def cpu_memory_warning(config: RunConfig, device: torch.device) -> str | None:
+    """A warning line when a CPU run's micro-step is larger than CPU_MICRO_TOKENS, with a smaller setting
+    that keeps the global batch (through more accumulation steps)."""
+    if device.type != "cpu" or config.micro_batch_tokens <= CPU_MICRO_TOKENS:
+        return None
+    fitting = [tokens for tokens in range(config.train_seq_len, CPU_MICRO_TOKENS + 1, config.train_seq_len)
+               if config.global_batch_tokens % tokens == 0]
+    hint = f"; --set micro_batch_tokens={max(fitting)} keeps the batch through accumulation" if fitting else ""
+    return (f"warning: {config.micro_batch_tokens:,} tokens per micro-step on CPU can need tens of GiB "
+            f"(pr198 held 9.4 GiB at 32,768){hint}")
+
+
 def evaluation_model(trainer: Trainer) -> torch.nn.Module:
     """The compiled model when there is one (evaluation shapes are fixed), never the DDP wrapper."""
     model = trainer.model

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pgolf import flops
+from pgolf.assemble import CPU_MICRO_TOKENS
 from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
@@ -72,11 +73,10 @@ PEAK_SPREAD_WARNING = 1.5
 # should fall back to eager if compilation fails (no C++ compiler).
 CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]
 
-# `pgolf bench train` on CPU without --micro-batch: at most this many tokens per micro-step. A
-# preset's GPU micro-batch does not fit a CPU's memory (pr198's 48 x 2048: 16 x 2048 already holds
-# 9.4 GiB resident in bf16+compile, fp32 eager more), and 4 x 2048 was the fastest pr198 micro-step
-# measured on CPU (docs/performance.md). tiny's 32 x 256 is exactly this size.
-CPU_DEFAULT_MICRO_TOKENS = 8192
+# `pgolf bench train` on CPU without --micro-batch: at most this many tokens per micro-step
+# (`assemble.CPU_MICRO_TOKENS`: pr198's GPU micro-step, 48 x 2048, does not fit a CPU's memory; 4 x
+# 2048 was also its fastest micro-step on CPU, docs/performance.md). tiny's 32 x 256 is this size.
+CPU_DEFAULT_MICRO_TOKENS = CPU_MICRO_TOKENS
 
 
 def default_micro_batch(config: RunConfig, seq_len: int, device: torch.device) -> tuple[int, str | None]:

@@ -220,9 +220,9 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
         description = assemble.describe(trainer, run)
         log.header(run_config_to_json(config), str(dist.device), dist.world_size, description)
         bytes_code = Path(code_path).stat().st_size if code_path is not None else accounting.code_bytes()
-        warning = assemble.budget_warning(config, bytes_code)
-        if warning:
-            log.line(warning)
+        for warning in (assemble.budget_warning(config, bytes_code), assemble.cpu_memory_warning(config, dist.device)):
+            if warning:
+                log.line(warning)
         run_compile_warmup(trainer)
 
     def validate(step: int) -> dict:
