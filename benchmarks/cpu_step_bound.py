@@ -169,8 +169,8 @@ def main() -> None:
     def mfu(seconds: float) -> str:
         return f"{step_flops / seconds / peak:6.1%} MFU"
 
-    print(f"{args.preset}, {args.micro_batch} x {args.seq_len} tokens x {args.grad_accum} micro-steps, {args.threads} thread(s); "
-          f"bf16 peak {peak / 1e12:.2f} TFLOP/s (samples {', '.join(f'{p / 1e12:.2f}' for p in peaks)})")
+    print(f"{args.preset}, {args.micro_batch} x {args.seq_len} tokens x {args.grad_accum} micro-steps, "
+          f"{args.threads} thread(s); bf16 peak {peak / 1e12:.2f} TFLOP/s (samples {', '.join(f'{p / 1e12:.2f}' for p in peaks)})")
     print(f"per micro-step: {micro * 1e3:7.1f} ms  {mfu(micro)} (the step as measured)")
     rows = [("model products", model_products, product_flops),
             ("  forward X W^T", products["forward"], product_flops / 3),
@@ -186,8 +186,9 @@ def main() -> None:
     attention_saving = attention - attention_products
     best_products = min(product_flops / peak, model_products - dw_saving)
     ideal = micro - attention_saving - model_products + best_products
-    # the reference's batch on one of its 8 GPUs, in micro-steps of seq_len tokens
-    reference_micro_steps = max(1, config.global_batch_tokens // (8 * micro_tokens))
+    # the reference's batch on one of its 8 GPUs, in micro-steps of this run's size (never fewer than
+    # this run has: the line only ever spreads the optimiser's step wider)
+    reference_micro_steps = max(args.grad_accum, config.global_batch_tokens // (8 * micro_tokens))
     ideal_reference_batch = ideal - optimizer_share + in_optimizers / reference_micro_steps
     print("if only this changed, everything else as measured:")
     for name, seconds in (

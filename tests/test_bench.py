@@ -112,7 +112,8 @@ def test_out_of_memory_in_a_variant_says_what_to_change(tmp_path, monkeypatch):
     shard = bench.write_synthetic_shard(tmp_path, SMALL.vocab_size, 2_000)
     variant = bench.VARIANTS["fp32"]
     runs = [(variant, bench.bench_run_config(run, variant, 3, 32, 1, torch.device("cpu")))]
-    with pytest.raises(PgolfError, match=r"fp32 ran out of memory at 3 x 32 tokens per micro-step .*--micro-batch"):
+    expected = r"fp32 ran out of memory at 3 x 32 tokens per micro-step .*--micro-batch"
+    with pytest.raises(PgolfError, match=expected):
         bench.measure_training(runs, torch.device("cpu"), shard, warmup_steps=1, timed_steps=1)
     assert not bench.is_out_of_memory(RuntimeError("shapes do not match"))
 
