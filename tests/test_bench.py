@@ -89,12 +89,13 @@ def test_bench_run_config():
 
 
 def test_default_micro_batch_is_capped_on_cpu_only():
+    from pgolf.assemble import CPU_MICRO_TOKENS
     from pgolf.config import pr198, tiny
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert bench.default_micro_batch(pr198(), 2048, cuda) == (48, None)  # the preset's, 98,304 tokens
     sequences, note = bench.default_micro_batch(pr198(), 2048, cpu)
-    assert sequences * 2048 <= bench.CPU_DEFAULT_MICRO_TOKENS and sequences == 4
+    assert sequences * 2048 <= CPU_MICRO_TOKENS and sequences == 4
     assert "48 x 2048" in note and "--grad-accum 12" in note
     assert bench.default_micro_batch(tiny(), 256, cpu) == (32, None)  # 8,192 tokens already
     assert bench.default_micro_batch(pr198(), 16_384, cpu)[0] == 1  # never below one sequence

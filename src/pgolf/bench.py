@@ -73,20 +73,16 @@ PEAK_SPREAD_WARNING = 1.5
 # should fall back to eager if compilation fails (no C++ compiler).
 CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]
 
-# `pgolf bench train` on CPU without --micro-batch: at most this many tokens per micro-step
-# (`assemble.CPU_MICRO_TOKENS`: pr198's GPU micro-step, 48 x 2048, does not fit a CPU's memory; 4 x
-# 2048 was also its fastest micro-step on CPU, docs/performance.md). tiny's 32 x 256 is this size.
-CPU_DEFAULT_MICRO_TOKENS = CPU_MICRO_TOKENS
-
-
 def default_micro_batch(config: RunConfig, seq_len: int, device: torch.device) -> tuple[int, str | None]:
     """Sequences of `seq_len` tokens per micro-step when none is asked for: the preset's number of
-    sequences, except on CPU where the micro-step is capped at CPU_DEFAULT_MICRO_TOKENS. Returns
-    (sequences, a note saying so when capped, else None)."""
+    sequences, except on CPU where the micro-step is capped at `assemble.CPU_MICRO_TOKENS` (pr198's GPU
+    micro-step, 48 x 2048, does not fit a CPU's memory; 4 x 2048 was also its fastest on CPU,
+    docs/performance.md; tiny's 32 x 256 is that size). Returns (sequences, a note saying so when
+    capped, else None)."""
     preset = max(1, config.micro_batch_tokens // config.train_seq_len)
-    if device.type != "cpu" or preset * seq_len <= CPU_DEFAULT_MICRO_TOKENS:
+    if device.type != "cpu" or preset * seq_len <= CPU_MICRO_TOKENS:
         return preset, None
-    capped = max(1, CPU_DEFAULT_MICRO_TOKENS // seq_len)
+    capped = max(1, CPU_MICRO_TOKENS // seq_len)
     return capped, (f"the preset's {preset} x {seq_len} tokens per micro-step would not fit a CPU's memory: "
                     f"{capped} x {seq_len} instead (--micro-batch to choose; --grad-accum {preset // capped} "
                     f"for the preset's tokens per step)")
