@@ -42,14 +42,14 @@ from pgolf.train import train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_brgemm_shapes  # noqa: E402  (a sibling script: the brgemm timing operators)
+from cpu_attention_dtype import median_milliseconds  # noqa: E402  (sibling: median of timed calls after a warm-up)
 import step_setup  # noqa: E402  (a sibling module: what the step benchmarks share)
 
 TILE = 128  # pgolf's attention tiles (pgolf.kernels.cpu_attention.TILE)
 
 
 def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    return statistics.median(bench.time_calls(function, repeats, torch.device("cpu")))
+    return median_milliseconds(function, repeats) / 1e3
 
 
 def time_steps(args: argparse.Namespace) -> tuple[float, float, nn.Module]:
