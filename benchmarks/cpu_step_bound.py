@@ -169,8 +169,9 @@ def main() -> None:
     def mfu(seconds: float) -> str:
         return f"{step_flops / seconds / peak:6.1%} MFU"
 
+    samples = ", ".join(f"{p / 1e12:.2f}" for p in peaks)
     print(f"{args.preset}, {args.micro_batch} x {args.seq_len} tokens x {args.grad_accum} micro-steps, "
-          f"{args.threads} thread(s); bf16 peak {peak / 1e12:.2f} TFLOP/s (samples {', '.join(f'{p / 1e12:.2f}' for p in peaks)})")
+          f"{args.threads} thread(s); bf16 peak {peak / 1e12:.2f} TFLOP/s (samples {samples})")
     print(f"per micro-step: {micro * 1e3:7.1f} ms  {mfu(micro)} (the step as measured)")
     rows = [("model products", model_products, product_flops),
             ("  forward X W^T", products["forward"], product_flops / 3),
