@@ -27,6 +27,7 @@ from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
 from pgolf.evaluate import evaluate, truncate_val_tokens
+from pgolf.machine import describe_machine
 from pgolf.metric import ByteTables, byte_tables_from_sentencepiece
 from pgolf.model import GPT, num_parameters
 from pgolf.optim import build_optimizers
@@ -138,6 +139,7 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
     config = trainer.config
     return {
         "parameters": num_parameters(trainer.base_model),
+        "machine": describe_machine(trainer.dist.device),
         "attention_backend": attention_backend_name(trainer.dist.device),
         **cpu_kernel_note(trainer),
         "grad_accum_steps": trainer.grad_accum_steps,

@@ -17,6 +17,7 @@ from pgolf import accounting
 from pgolf.artifact import LoadedArtifact, load_artifact, save_artifact
 from pgolf.assemble import RunData, Trainer, should_compile, validate
 from pgolf.distributed import barrier
+from pgolf.machine import describe_machine
 from pgolf.model import GPT
 from pgolf.runlog import RunLog, write_json_atomic
 
@@ -87,6 +88,7 @@ def finish_run(trainer: Trainer, run: RunData, run_dir: Path | None, log: RunLog
         "train_tokens": state.train_tokens,
         "tokens_per_second": state.train_tokens / max(state.train_seconds, 1e-9),
         "world_size": dist.world_size,
+        "machine": describe_machine(dist.device),
         "swa_checkpoints": trainer.averager.count,
         "artifact": ARTIFACT_NAME,
         "quant_scheme": config.quant_scheme,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from pgolf.errors import PgolfError
+from pgolf.machine import describe_machine
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,22 +79,6 @@ def _setup(args: argparse.Namespace):
     except ValueError:
         raise PgolfError(f"--matmul-sizes expects integers separated by commas, got {args.matmul_sizes!r}") from None
     return config, device, threads
-
-
-def describe_machine(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    name = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flags = " with AMX" if "amx_bf16" in text else (" with AVX512-BF16" if "avx512_bf16" in text else "")
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores{flags}, torch {torch.__version__}"
 
 
 def _header(args, device, threads) -> list[str]:

@@ -11,7 +11,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Offline end-to-end run: Python stdlib docstrings -> tokenizer -> "
                                                "shards -> tiny model (all PR-198 techniques) -> artifact -> score.")
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--minutes", type=float, default=3.0, help="training budget in minutes (default 3)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=3.0,
+                        help="training budget in wall-clock minutes (default 3): the score depends on the "
+                             "machine's speed")
+    budget.add_argument("--steps", type=int,
+                        help="training budget in optimiser steps instead: the same training on any machine")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log echo; summary only")
     parser.set_defaults(func=run)
 
@@ -19,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pgolf.demo import run_demo
 
-    if args.minutes <= 0:
-        from pgolf.errors import PgolfError
+    from pgolf.errors import PgolfError
 
+    if args.minutes <= 0:
         raise PgolfError(f"--minutes must be positive, got {args.minutes}")
-    run_demo(Path(args.out), minutes=args.minutes, quiet=args.quiet)
+    if args.steps is not None and args.steps < 1:
+        raise PgolfError(f"--steps must be at least 1, got {args.steps}")
+    run_demo(Path(args.out), minutes=args.minutes, steps=args.steps, quiet=args.quiet)
     return 0
