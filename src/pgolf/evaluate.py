@@ -20,7 +20,6 @@ aligned to the end, so every window has the same length L.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +31,7 @@ from torch import nn
 
 from pgolf.distributed import DistInfo, all_reduce_sum
 from pgolf.errors import PgolfError
+from pgolf.metric import ByteTables, bits_per_byte, count_bytes
 
 
 @dataclass
@@ -95,16 +95,7 @@ def _as_token_tensor(val_tokens) -> torch.Tensor:
     return tokens
 
 
-def _byte_lookups(tables, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    base_bytes = torch.as_tensor(np.asarray(tables.base_bytes), dtype=torch.int64, device=device)
-    has_leading_space = torch.as_tensor(np.asarray(tables.has_leading_space), dtype=torch.bool, device=device)
-    is_boundary = torch.as_tensor(np.asarray(tables.is_boundary), dtype=torch.bool, device=device)
-    if not base_bytes.shape == has_leading_space.shape == is_boundary.shape:
-        raise PgolfError("byte tables base_bytes, has_leading_space and is_boundary differ in length")
-    return base_bytes, has_leading_space, is_boundary
-
-
-def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, batch_seqs: int, dist: DistInfo,
+def evaluate(model: nn.Module, val_tokens, tables: ByteTables, seq_len: int, stride: int, batch_seqs: int, dist: DistInfo,
              autocast_dtype: torch.dtype | None = None,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
     """Score every target of `val_tokens` once; `model(input_ids)` must return logits (B, T, V).
@@ -121,10 +112,9 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
     num_targets = tokens.numel() - 1
     if num_targets < 1:
         raise PgolfError("validation split has fewer than 2 tokens")
-    base_bytes, has_leading_space, is_boundary = _byte_lookups(tables, device)
-    if int(tokens.max()) >= base_bytes.numel():
+    if int(tokens.max()) >= tables.vocab_size:
         raise PgolfError(f"validation token id {int(tokens.max())} is outside the byte tables "
-                         f"({base_bytes.numel()} entries); tokenizer and data do not match")
+                         f"({tables.vocab_size} entries); tokenizer and data do not match")
     tokens = tokens.to(device)
     windows = sliding_windows(num_targets, seq_len, stride)
     local_windows = windows[dist.rank::dist.world_size]
@@ -156,8 +146,7 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
                 scored_logits = scored_logits.to(torch.promote_types(scored_logits.dtype, torch.float32))
                 scored_targets, previous = targets[scored], inputs[scored]
                 nll = F.cross_entropy(scored_logits, scored_targets, reduction="none")
-                num_bytes = base_bytes[scored_targets] + (
-                    has_leading_space[scored_targets] & ~is_boundary[previous]).long()
+                num_bytes = count_bytes(previous, scored_targets, tables)
                 sums[0] += nll.double().sum()
                 sums[1] += scored_targets.numel()
                 sums[2] += num_bytes.double().sum()
@@ -169,5 +158,5 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
     sum_nll, num_tokens, num_bytes_total = sums.tolist()
     if num_bytes_total <= 0:
         raise PgolfError("validation targets cover 0 bytes; the byte tables look wrong")
-    return EvalResult(loss=sum_nll / num_tokens, bpb=sum_nll / math.log(2) / num_bytes_total,
+    return EvalResult(loss=sum_nll / num_tokens, bpb=bits_per_byte(sum_nll, num_bytes_total),
                       tokens=int(num_tokens), bytes=int(num_bytes_total), seconds=time.perf_counter() - started)
