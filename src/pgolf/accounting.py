@@ -9,7 +9,8 @@ files needed to load and evaluate an artifact, listed explicitly in
 - `__init__.py`, `data/__init__.py`: executed by every import of the package;
 - `errors.py`, `config.py`: the error type and `ModelConfig` the artifact rebuilds;
 - `model.py`, `attention.py`: the network;
-- `quant.py`, `artifact.py`: reading, checking and dequantising the file;
+- `quant.py`, `artifact.py`, `layout.py`: reading, checking and dequantising the file
+  (`layout.py` predicts the tensor table a model config needs);
 - `metric.py`, `evaluate.py`: bits per byte and (sliding-window) evaluation;
 - `distributed.py`: evaluation spreads windows over ranks and all-reduces sums;
 - `data/shards.py`: reading the validation shards;
@@ -54,6 +55,7 @@ CODE_MODULES: tuple[str, ...] = (
     "distributed.py",
     "errors.py",
     "evaluate.py",
+    "layout.py",
     "metric.py",
     "model.py",
     "quant.py",

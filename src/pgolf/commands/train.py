@@ -50,17 +50,15 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def dry_run(config: RunConfig) -> int:
-    import torch
-
     from pgolf.accounting import BUDGET_BYTES, code_bytes, predict_model_bytes
-    from pgolf.model import GPT, num_parameters
+    from pgolf.layout import count_parameters, extrapolate_in_layers
     from pgolf.quant import SCHEMES
 
-    with torch.device("meta"):
-        model = GPT(config.model)
-    predicted = predict_model_bytes(config.model, SCHEMES[config.quant_scheme])
+    # counted from shallow copies of the model (pgolf.layout): a million layers answers at once
+    predicted = extrapolate_in_layers(config.model, lambda model: predict_model_bytes(model,
+                                                                                      SCHEMES[config.quant_scheme]))
     print(run_config_to_json(config))
-    print(f"parameters:{num_parameters(model)}")
+    print(f"parameters:{count_parameters(config.model)}")
     print(f"grad_accum_steps_per_process:{config.grad_accum_steps(1)} (one process; divided by the world size)")
     total = predicted + code_bytes()
     print(f"predicted_bytes_total:{total} budget:{BUDGET_BYTES} fits:{total <= BUDGET_BYTES}")
