@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pgolf.errors import printable
+
 CATEGORIES = ("attention", "mlp", "embedding", "bigram", "control")
 
 
@@ -83,8 +85,8 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
                       bytes_budget=accounting.BUDGET_BYTES, bytes_headroom=None, fits=None)
     else:
         totals.update(accounting.size_report(contents.bytes_file, bytes_code))
-    facts = {key: header[key] for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
-                                          "tokenizer_sha256", "vocab_size", "model_config")}
+    facts = {key: header.get(key) for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
+                                              "tokenizer_sha256", "vocab_size", "model_config")}
     facts["payload_sha256"] = header["payload"]["sha256"]
     return {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
 
@@ -103,7 +105,7 @@ def format_report(report: dict[str, Any]) -> str:
     header, totals = report["header"], report["totals"]
     tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param"]]
     for row in report["tensors"]:
-        tensor_rows.append([row["name"], row["category"], row["method"], f"{row['elements']:,}",
+        tensor_rows.append([printable(row["name"]), row["category"], row["method"], f"{row['elements']:,}",
                             f"{row['stored_bytes']:,}", f"{row['compressed_bytes']:,}",
                             f"{row['bits_per_parameter']:.3f}"])
     category_rows = [["category", "tensors", "methods", "elements", "stored", "compressed", "bits/param"]]
@@ -115,9 +117,10 @@ def format_report(report: dict[str, Any]) -> str:
     def number(value) -> str:
         return "unavailable" if value is None else f"{value:,}"
 
+    header = {key: printable(value) if isinstance(value, str) else value for key, value in header.items()}
     lines = [
-        f"artifact: {report['artifact']}",
-        f"format: {header['format_version']}  written by pgolf {header['pgolf_version']}",
+        f"artifact: {printable(report['artifact'])}",
+        f"format: {header['format_version']}  written by pgolf {printable(header['pgolf_version'])}",
         f"scheme: {header['scheme']}  compressor: {header['compressor']} level {header['level']}",
         f"tokenizer_sha256: {header['tokenizer_sha256']}  vocab_size: {header['vocab_size']}",
         f"payload_sha256: {header['payload_sha256']}",
