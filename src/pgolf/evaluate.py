@@ -169,5 +169,9 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
     sum_nll, num_tokens, num_bytes_total = sums.tolist()
     if num_bytes_total <= 0:
         raise PgolfError("validation targets cover 0 bytes; the byte tables look wrong")
+    if not math.isfinite(sum_nll):
+        # a NaN score would print as val_bpb:nan and exit 0; it is a failure
+        raise PgolfError(f"evaluation loss is {sum_nll} over {int(num_tokens)} tokens: the model's weights or "
+                         "outputs are not finite")
     return EvalResult(loss=sum_nll / num_tokens, bpb=sum_nll / math.log(2) / num_bytes_total,
                       tokens=int(num_tokens), bytes=int(num_bytes_total), seconds=time.perf_counter() - started)

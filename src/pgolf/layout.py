@@ -136,19 +136,22 @@ def count_parameters(config: ModelConfig) -> int:
     return extrapolate_in_layers(config, lambda shallow: count_elements(parameter_layout(shallow)))
 
 
-def extrapolate_in_layers(config: ModelConfig, measure: Callable[[ModelConfig], int]) -> int:
+def extrapolate_in_layers(config: ModelConfig, measure: Callable[[ModelConfig], int],
+                          relative_tolerance: float = 0.0) -> int:
     """`measure(config)` for a deep config, from the same measure at three shallow depths of its parity.
 
     For quantities that grow by the same amount every two layers past the edges (parameters, stored
     bytes of a layout); exact up to EXACT_MAX_LAYERS layers, where `measure` is called directly. The
-    growth is checked to be constant over the three shallow depths, else PgolfError.
+    growth must be constant over the three shallow depths (within `relative_tolerance` of it: a
+    predicted file size grows a few bytes faster as offsets gain digits), else PgolfError.
     """
     config.validate()
     if config.num_layers <= EXACT_MAX_LAYERS:
         return measure(config)
     first = 2 * EDGE_LAYERS + 1 + (config.num_layers - 2 * EDGE_LAYERS - 1) % 2
     values = [measure(replace(config, num_layers=depth)) for depth in (first, first + 2, first + 4)]
-    if values[2] - values[1] != values[1] - values[0]:
+    growth, later_growth = values[1] - values[0], values[2] - values[1]
+    if abs(later_growth - growth) > relative_tolerance * abs(growth):
         raise PgolfError(f"cannot extrapolate to {config.num_layers} layers: the growth per two layers is not "
-                         f"constant ({values[1] - values[0]} then {values[2] - values[1]})")
-    return values[0] + (config.num_layers - first) // 2 * (values[1] - values[0])
+                         f"constant ({growth} then {later_growth})")
+    return values[2] + (config.num_layers - first - 4) // 2 * later_growth

@@ -55,8 +55,8 @@ def dry_run(config: RunConfig) -> int:
     from pgolf.quant import SCHEMES
 
     # counted from shallow copies of the model (pgolf.layout): a million layers answers at once
-    predicted = extrapolate_in_layers(config.model, lambda model: predict_model_bytes(model,
-                                                                                      SCHEMES[config.quant_scheme]))
+    predicted = extrapolate_in_layers(config.model, lambda model: predict_model_bytes(
+        model, SCHEMES[config.quant_scheme]), relative_tolerance=0.01)
     print(run_config_to_json(config))
     print(f"parameters:{count_parameters(config.model)}")
     print(f"grad_accum_steps_per_process:{config.grad_accum_steps(1)} (one process; divided by the world size)")
