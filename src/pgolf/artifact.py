@@ -471,9 +471,12 @@ def read_artifact(path) -> ArtifactContents:
         raw = COMPRESSORS[header["compressor"]][1](payload, payload_info["raw_bytes"])
     except PayloadError as error:
         raise ArtifactError(f"{path}: payload does not decompress ({error})") from None
-    if len(raw) != payload_info["raw_bytes"]:
-        raise ArtifactError(f"{path}: payload decompresses to {'more than ' if len(raw) > payload_info['raw_bytes'] else ''}"
-                            f"{len(raw)} bytes, header says {payload_info['raw_bytes']}")
+    if len(raw) > payload_info["raw_bytes"]:  # the bounded decompressors stop one byte past the declared size
+        raise ArtifactError(f"{path}: payload decompresses to more than the {payload_info['raw_bytes']} bytes "
+                            "the header says")
+    if len(raw) < payload_info["raw_bytes"]:
+        raise ArtifactError(f"{path}: payload decompresses to {len(raw)} bytes, header says "
+                            f"{payload_info['raw_bytes']}")
     buffer = raw if isinstance(raw, bytearray) else bytearray(raw)
     quantized = QuantizedState(scheme=str(header["scheme"]))
     for name, method, shape, dtype_name, parts in table:
