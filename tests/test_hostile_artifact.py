@@ -319,3 +319,11 @@ def test_resealed_header_flips_never_raise_anything_but_an_artifact_error(tmp_pa
             model = GPT(loaded.model_config)  # what loaded must be usable: the state fits the config
             model.load_state_dict(loaded.state_dict, strict=True)
     assert outcomes["refused"] > outcomes["loaded"] > 0  # some flips (a digit of the softcap) stay valid
+
+
+def test_inspect_refuses_a_level_its_compressor_rejects(good, tmp_path, capsys):
+    for level in (10**9, 2**40):
+        forged = plant_header(good, tmp_path / f"level{level}.pgolf", lambda header: header.update(level=level))
+        assert main(["inspect", str(forged)]) == 1
+        error = capsys.readouterr().err
+        assert f"compression level {level} is not valid for zstd" in error and error.count("\n") == 1

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
-from pgolf.errors import printable
+from pgolf.errors import PgolfError, printable
 
 CATEGORIES = ("attention", "mlp", "embedding", "bigram", "control")
 
@@ -38,16 +39,23 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
     """The whole report as a JSON-able dict (also what `--json` prints)."""
     from pgolf import accounting
     from pgolf.artifact import compress, read_artifact, tensor_bytes
-    from pgolf.errors import PgolfError
     from pgolf.quant import tensor_summary
 
     contents = read_artifact(path)
     header = contents.header
+
+    def compressed_size(data: bytes) -> int:
+        try:
+            return len(compress(data, header["compressor"], header["level"]))
+        except (ValueError, OverflowError, zlib.error):  # a level the compressor refuses; the file is readable
+            raise PgolfError(f"{path}: compression level {header['level']} is not valid for "
+                             f"{header['compressor']}; cannot attribute compressed bytes") from None
+
     tensors = []
     for name, entry in contents.quantized.tensors.items():
         row = tensor_summary(name, entry)
         stored = b"".join(tensor_bytes(part) for part in entry.parts.values())
-        row["compressed_bytes"] = len(compress(stored, header["compressor"], header["level"])) if stored else 0
+        row["compressed_bytes"] = compressed_size(stored) if stored else 0
         row["bits_per_parameter"] = _bits_per_parameter(row["compressed_bytes"], row["elements"])
         tensors.append(row)
 
