@@ -57,3 +57,22 @@ def finished_run(folder: Path, seed: int, val_bpb: float, bytes_model: int = 1_0
                                       f"val_bpb:{val_bpb:.8f} stride:64 steps:100 train_seconds:60.0 "
                                       f"bytes_total:{bytes_model + bytes_code}\n")
     return folder
+
+
+def grow_artifact(run_dir: Path, bytes_model: int, bytes_code: int | None = None) -> None:
+    """Extend a run's artifact to `bytes_model` bytes (sparse) and update everything that records its
+    size or hash (result.json, the log's closing line), as if the run had written that artifact
+    (and, given `bytes_code`, counted that much code)."""
+    import re
+
+    artifact_path = run_dir / "model.pgolf"
+    with artifact_path.open("r+b") as handle:
+        handle.truncate(bytes_model)
+    result = json.loads((run_dir / "result.json").read_text())
+    result["bytes_code"] = result["bytes_code"] if bytes_code is None else bytes_code
+    result.update(bytes_model=bytes_model, bytes_total=bytes_model + result["bytes_code"],
+                  artifact_sha256=hashlib.sha256(artifact_path.read_bytes()).hexdigest())
+    (run_dir / "result.json").write_text(json.dumps(result))
+    log = (run_dir / "train.log").read_text()
+    (run_dir / "train.log").write_text(re.sub(r"(final_roundtrip_exact .* bytes_total:)\d+",
+                                              rf"\g<1>{result['bytes_total']}", log))
