@@ -428,8 +428,8 @@ def _check_table(path: Path, table: Any, raw_bytes: int) -> list:
                 isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_RAW_PAYLOAD_BYTES
                 for size in shape)):
             raise fail(f"{shown(name)}: bad shape {shown(shape)}")
-        if math.prod(shape) > raw_bytes:  # every element takes at least one stored byte
-            raise fail(f"{shown(name)}: shape {shape} holds more elements than the payload has bytes")
+        if math.prod(shape) > 8 * raw_bytes:  # no method stores an element in less than one bit
+            raise fail(f"{shown(name)}: shape {shape} holds more elements than the payload has bits")
         layout = stored_layout(tuple(shape), DTYPES[dtype_name], method)
         well_formed = isinstance(parts, list) and all(
             isinstance(part, list) and len(part) == 5 and isinstance(part[3], int) and isinstance(part[4], int)
