@@ -9,12 +9,12 @@ import torch
 from pgolf.artifact import save_artifact
 from pgolf.challenge import BUDGET_BYTES
 from pgolf.config import ModelConfig, pr198
+from pgolf.layout import state_layout
 from pgolf.packaging import size as accounting
 from pgolf.packaging.export import exported_code_bytes
 from pgolf.packaging.size import (
     COMPRESSION_RATIOS,
     measure_compression_ratios,
-    model_state_layout,
     predict_model_bytes,
     size_report,
 )
@@ -31,7 +31,7 @@ def test_budget_report():
 def gaussian_state(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {name: torch.randn(shape, generator=generator, dtype=dtype) * 0.02
-            for name, (shape, dtype) in model_state_layout(config).items()}
+            for name, (shape, dtype) in state_layout(config).items()}
 
 
 @pytest.mark.parametrize("scheme", ["pr198", "baseline"])
@@ -51,7 +51,7 @@ def test_header_prediction_is_exact_up_to_digits(tmp_path):
     config = ModelConfig(vocab_size=128, num_layers=1, model_dim=64, num_heads=2, num_kv_heads=1,
                          bigram_buckets=32, bigram_dim=16)
     info = save_artifact(tmp_path / "model.pgolf", config, gaussian_state(config), "pr198", "f" * 64, 128)
-    predicted = accounting.predict_header_bytes(model_state_layout(config), "pr198", config)
+    predicted = accounting.predict_header_bytes(state_layout(config), "pr198", config)
     assert abs(predicted - info.bytes_header) <= 4
 
 
@@ -64,7 +64,7 @@ def test_gaussian_constants_match_a_fresh_measurement(compressor, level):
 
 
 def test_pr198_layout_and_prediction_scale():
-    layout = model_state_layout(pr198().model)
+    layout = state_layout(pr198().model)
     assert sum(torch.Size(shape).numel() for shape, _ in layout.values()) == 26_829_913  # spec §3
     stored = accounting.stored_bytes_by_kind(layout, "pr198")
     assert stored["int6"] == 11 * (2 * 512 * 512 + 2 * 256 * 512 + 2 * 1536 * 512)  # q, proj; k, v; fc, proj

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from forge import rewrite_header, seal, split_artifact
 
 from pgolf import artifact
 from pgolf.artifact import ArtifactError, MAGIC, load_artifact, read_artifact, save_artifact
-from pgolf.config import ModelConfig
+from pgolf.config import ModelConfig, model_config_to_dict
 from pgolf.errors import PgolfError
 from pgolf.quant import dequantize_state_dict, quantize_state_dict
 
@@ -50,18 +51,21 @@ def test_round_trip_is_bitwise_the_in_memory_dequantisation(tmp_path, scheme):
     info = save_artifact(path, SMALL_CONFIG, state, scheme, TOKENIZER_SHA, 64)
     assert info.bytes_model == path.stat().st_size
     assert info.bytes_model == info.bytes_header + info.bytes_payload_compressed
-    loaded = load_artifact(path)
+    # mixed_state is no GPT's state (load_artifact would refuse it against SMALL_CONFIG): read the container
+    contents = read_artifact(path)
+    from_file = dequantize_state_dict(contents.quantized)
     expected = dequantize_state_dict(quantize_state_dict(state, scheme))
-    assert list(loaded.state_dict) == list(state)
+    assert list(from_file) == list(state)
     for name, tensor in expected.items():
-        got = loaded.state_dict[name]
+        got = from_file[name]
         assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
         assert torch.equal(got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name
-    assert loaded.model_config == SMALL_CONFIG
-    assert loaded.meta["scheme"] == scheme and loaded.meta["tokenizer_sha256"] == TOKENIZER_SHA
-    assert loaded.meta["vocab_size"] == 64
-    assert loaded.meta["compressor"] == {"pr198": "zstd", "baseline": "zlib"}[scheme]
-    methods = {row[0]: row[1] for row in loaded.meta["tensors"]}
+    meta = contents.header
+    assert meta["model_config"] == model_config_to_dict(SMALL_CONFIG)
+    assert meta["scheme"] == scheme and meta["tokenizer_sha256"] == TOKENIZER_SHA
+    assert meta["vocab_size"] == 64
+    assert meta["compressor"] == {"pr198": "zstd", "baseline": "zlib"}[scheme]
+    methods = {row[0]: row[1] for row in meta["tensors"]}
     if scheme == "pr198":
         assert methods["blocks.0.attn.c_q.weight"] == "int6" and methods["tok_emb.weight"] == "int8"
     assert methods["step_counter"] == "exact" and methods["bigram.scale"] == "fp16"
@@ -112,21 +116,15 @@ def test_bit_flip_in_payload_is_refused(tmp_path):
         load_artifact(path)
 
 
-def rewrite_header(path: Path, edit) -> None:
-    blob = path.read_bytes()
-    prefix = len(MAGIC) + 6
-    version, length = struct.unpack_from("<HI", blob, len(MAGIC))
-    header = json.loads(blob[prefix:prefix + length])
-    edit(header)
-    encoded = json.dumps(header).encode()
-    path.write_bytes(MAGIC + struct.pack("<HI", version, len(encoded)) + encoded + blob[prefix + length:])
-
-
 def test_header_problems_are_named(tmp_path):
     path = write(tmp_path)
     original = path.read_bytes()
 
     path.write_bytes(original.replace(b'"scheme"', b'"scheme\x01', 1))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_artifact(path)
+    version, header_bytes, payload = split_artifact(original)
+    path.write_bytes(seal(header_bytes.replace(b'"scheme"', b'"scheme\x01', 1), payload, version))
     with pytest.raises(ArtifactError, match="header JSON is invalid"):
         load_artifact(path)
 
@@ -139,7 +137,10 @@ def test_header_problems_are_named(tmp_path):
         load_artifact(path)
 
     path.write_bytes(original + b"junk")
-    with pytest.raises(ArtifactError, match="unexpected bytes"):
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_artifact(path)
+    path.write_bytes(seal(header_bytes, payload + b"junk", version))
+    with pytest.raises(ArtifactError, match="4 unexpected bytes"):
         load_artifact(path)
 
     path.write_bytes(original)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from forge import grow_artifact
 
 from pgolf.cli import main as pgolf_main
 from pgolf.config import get_preset, run_config_from_dict, run_config_to_dict, run_config_to_json
@@ -341,11 +342,10 @@ def test_submit_ships_the_exported_script_and_refuses_over_budget(tmp_path, trai
 
     heavy = tmp_path / "heavy_run"
     shutil.copytree(trained_run, heavy)
-    result = json.loads((heavy / "result.json").read_text())
-    result["bytes_model"] = 16_000_000 - script.stat().st_size + 1  # one byte over with the exported code
-    (heavy / "result.json").write_text(json.dumps(result))
+    # one byte over with the exported code, as a run of the exported script would record it
+    grow_artifact(heavy, 16_000_000 - script.stat().st_size + 1, bytes_code=script.stat().st_size)
     capsys.readouterr()
     assert pgolf_main(["submit", str(heavy), "--name", "heavy", "--author", "A", "--github-id", "a",
                        "--out", str(tmp_path / "heavy_records")]) == 1
-    assert "over budget" in capsys.readouterr().err
+    assert "bytes_total 16,000,001 > 16,000,000" in capsys.readouterr().err
     assert not (tmp_path / "heavy_records" / "submission.json").exists()

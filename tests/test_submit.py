@@ -4,26 +4,14 @@ import json
 import statistics
 
 import pytest
+from forge import finished_run
 
 from pgolf.cli import main
-from pgolf.config import run_config_to_dict, tiny
 from pgolf.errors import PgolfError
 from pgolf.packaging.submit import write_submission
 
 
-def fake_run(folder, seed, val_bpb, bytes_model=1_000_000, bytes_code=50_000, **config_changes):
-    folder.mkdir(parents=True)
-    config = run_config_to_dict(tiny())
-    config.update(seed=seed, data_dir=f"/data/{seed}", **config_changes)
-    (folder / "config.json").write_text(json.dumps(config))
-    result = {"val_bpb": val_bpb, "val_loss": val_bpb * 1.5, "val_bpb_prequant": val_bpb - 0.01,
-              "bytes_model": bytes_model, "bytes_code": bytes_code, "bytes_total": bytes_model + bytes_code,
-              "steps": 100, "train_seconds": 60.0, "artifact": "model.pgolf", "seed": seed,
-              "quant_scheme": config["quant_scheme"], "val_tokens_scored": 1000, "val_bytes_scored": 2400}
-    (folder / "result.json").write_text(json.dumps(result))
-    (folder / "train.log").write_text(f"seed {seed}\n")
-    (folder / "model.pgolf").write_bytes(b"artifact of seed %d" % seed)
-    return folder
+fake_run = finished_run
 
 
 def test_three_seeds_give_mean_spread_and_a_complete_folder(tmp_path):
@@ -37,7 +25,7 @@ def test_three_seeds_give_mean_spread_and_a_complete_folder(tmp_path):
     for key in ("author", "github_id", "name", "blurb", "date", "val_loss", "val_bpb", "pre_quant_val_bpb",
                 "bytes_total", "bytes_model", "bytes_code"):
         assert key in json.loads((out / "submission.json").read_text())
-    assert (out / "model.pgolf").read_bytes() == b"artifact of seed 1"  # the best seed's artifact
+    assert (out / "model.pgolf").read_bytes() == (tmp_path / "seed1" / "model.pgolf").read_bytes()  # the best seed's
     assert sorted(p.name for p in out.glob("train_seed*.log")) == ["train_seed1.log", "train_seed2.log",
                                                                     "train_seed3.log"]
     readme = (out / "README.md").read_text()

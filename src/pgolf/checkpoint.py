@@ -14,6 +14,11 @@ Layout inside RUN_DIR:
 
 The swap is two renames; a crash between them leaves `checkpoint.previous/`,
 which `load_checkpoint` falls back to.
+
+Loading refuses cleanly (PgolfError naming the file) a checkpoint that is
+truncated, unreadable or lacks what a resume needs, and, given the run's model
+and optimisers, one whose tensors or parameter groups do not fit them (a
+changed config), before anything is loaded into them.
 """
 
 from __future__ import annotations
@@ -103,26 +108,91 @@ def clear_partial(run_dir: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+SHARED_KEYS = ("model", "averager", "stream", "rng", "step", "train_seconds", "train_tokens")
+
+
+def _read_meta(folder: Path) -> dict | None:
+    """meta.json of a complete checkpoint, or None (absent, unreadable, or not marked complete)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("complete") is not True or not isinstance(meta.get("world_size"), int):
+        return None
+    return meta
+
+
 def find_checkpoint(run_dir: Path) -> Path | None:
     for name in (CURRENT, PREVIOUS):
         folder = Path(run_dir) / name
-        meta = folder / "meta.json"
-        if meta.exists() and json.loads(meta.read_text()).get("complete"):
+        if _read_meta(folder) is not None:
             return folder
     return None
 
 
-def load_checkpoint(run_dir: Path, rank: int, world_size: int) -> tuple[dict, list[dict]]:
-    """Return (shared state, this rank's optimiser states) of the latest complete checkpoint."""
+def _load_file(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PgolfError(f"checkpoint file {path} is missing; the checkpoint is incomplete") from None
+    # torch.load reports a truncated or foreign file as RuntimeError, EOFError, UnpicklingError, ValueError...
+    except Exception as error:  # noqa: BLE001 - any of them means the same to the user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PgolfError(f"checkpoint file {path} is truncated or corrupt ({reason[:160]})") from None
+
+
+def checkpoint_mismatch(shared: Any, optimizer_states: Any, model: torch.nn.Module | None = None,
+                        optimizers: list | None = None) -> str | None:
+    """What makes a loaded checkpoint unusable for this run (one line), or None when it fits."""
+    if not isinstance(shared, dict):
+        return "state.pt does not hold a dict"
+    missing = [key for key in SHARED_KEYS if key not in shared]
+    if missing:
+        return f"state.pt lacks {', '.join(missing)}"
+    if not isinstance(shared["model"], dict) or not all(isinstance(value, torch.Tensor)
+                                                         for value in shared["model"].values()):
+        return "state.pt's model entry is not a state dict"
+    if model is not None:
+        expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        stored = {name: tuple(tensor.shape) for name, tensor in shared["model"].items()}
+        for name in sorted(set(expected) | set(stored)):
+            if expected.get(name) != stored.get(name):
+                return (f"model tensor {name} is {list(stored[name]) if name in stored else 'absent'} in the "
+                        f"checkpoint but {list(expected[name]) if name in expected else 'absent'} in this model "
+                        "(was the config changed?)")
+    if not isinstance(optimizer_states, list):
+        return "the optimiser file does not hold a list"
+    if optimizers is not None:
+        if len(optimizer_states) != len(optimizers):
+            return f"{len(optimizer_states)} optimiser states for {len(optimizers)} optimisers"
+        for index, (optimizer, state) in enumerate(zip(optimizers, optimizer_states)):
+            groups = state.get("param_groups") if isinstance(state, dict) else None
+            sizes = [len(group.get("params", ())) for group in groups] if isinstance(groups, list) and all(
+                isinstance(group, dict) for group in groups) else None
+            wanted = [len(group["params"]) for group in optimizer.param_groups]
+            if sizes != wanted:
+                return f"optimiser {index} has parameter groups of sizes {sizes} in the checkpoint, {wanted} here"
+    return None
+
+
+def load_checkpoint(run_dir: Path, rank: int, world_size: int, model: torch.nn.Module | None = None,
+                    optimizers: list | None = None) -> tuple[dict, list[dict]]:
+    """Return (shared state, this rank's optimiser states) of the latest complete checkpoint.
+
+    With `model` and `optimizers` (the run's, freshly built) the checkpoint is first checked to fit them.
+    """
     folder = find_checkpoint(run_dir)
     if folder is None:
         raise PgolfError(f"no complete checkpoint in {run_dir} (was the run started with --checkpoint-every?)")
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = _read_meta(folder)
     if meta["world_size"] != world_size:
         raise PgolfError(
             f"checkpoint in {folder} was written by {meta['world_size']} processes; resume with the same number "
             f"(got {world_size})"
         )
-    shared = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
-    optimizer_states = torch.load(folder / f"optim_rank{rank}.pt", map_location="cpu", weights_only=True)
+    shared = _load_file(folder / "state.pt")
+    optimizer_states = _load_file(folder / f"optim_rank{rank}.pt")
+    problem = checkpoint_mismatch(shared, optimizer_states, model, optimizers)
+    if problem:
+        raise PgolfError(f"checkpoint in {folder} does not fit this run: {problem}")
     return shared, optimizer_states

@@ -12,7 +12,7 @@ import sys
 
 import pgolf
 from pgolf import __version__
-from pgolf.errors import PgolfError
+from pgolf.errors import PgolfError, printable
 
 COMMAND_MODULES = ("data", "train", "eval", "inspect", "submit", "demo", "plot", "bench", "verify", "export")
 
@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except PgolfError as error:
+    except (PgolfError, OSError) as error:
+        # OSError: a file the user named is unreadable, a directory, missing or on a full disk
         if args.debug:
             raise
-        print(f"pgolf: error: {error}", file=sys.stderr)
+        print(f"pgolf: error: {printable(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pgolf: interrupted", file=sys.stderr)

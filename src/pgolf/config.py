@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -55,6 +56,19 @@ class ModelConfig:
         return self.num_layers - self.num_encoder_layers
 
     def validate(self) -> None:
+        check_field_types(self)
+        for name in ("num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "rope_reference_len",
+                     "bigram_dim"):
+            if getattr(self, name) < 1:
+                raise PgolfError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.bigram_buckets < 0 or self.bigram_buckets == 1:
+            # the hash is taken mod (buckets - 1), the last bucket being the "no previous token" one
+            raise PgolfError(f"bigram_buckets must be 0 (off) or >= 2, got {self.bigram_buckets}")
+        for name in ("rope_base", "logit_softcap"):
+            if not getattr(self, name) > 0:
+                raise PgolfError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.tied_embed_init_std < 0:
+            raise PgolfError(f"tied_embed_init_std must be >= 0, got {self.tied_embed_init_std}")
         if self.model_dim % self.num_heads:
             raise PgolfError(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
@@ -67,6 +81,29 @@ class ModelConfig:
             raise PgolfError(f"vocab_size {self.vocab_size} does not fit uint16 shards")
         if self.embedding_dtype not in ("bf16", "fp32"):
             raise PgolfError(f"embedding_dtype must be bf16 or fp32, got {self.embedding_dtype!r}")
+        if not 0 <= self.bos_id < self.vocab_size:
+            raise PgolfError(f"bos_id {self.bos_id} is not a token id of a {self.vocab_size}-piece vocabulary")
+
+
+def check_field_types(config) -> None:
+    """Every field holds the type of its default (an int field a true int, not a bool), floats finite.
+
+    Configs also come from JSON (config.json, an artifact's header), where anything may stand in a field.
+    """
+    for item in dataclasses.fields(config):
+        value, default = getattr(config, item.name), item.default
+        if default is dataclasses.MISSING:
+            continue  # nested configs (RunConfig.model) validate themselves
+        if isinstance(default, bool):
+            valid = isinstance(value, bool)
+        elif isinstance(default, int):
+            valid = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            valid = isinstance(value, type(default))
+        if not valid:
+            raise PgolfError(f"{item.name} must be a finite {type(default).__name__}, got {value!r}"[:200])
 
 
 RUNTIME_CHOICES = {"autocast_dtype": ("auto", "bf16", "fp32"), "compile": ("auto", "on", "off"),
@@ -125,7 +162,23 @@ class RunConfig:
     compile: str = "auto"  # auto | on | off
 
     def validate(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise PgolfError("the run config's model must be a model config object")
         self.model.validate()
+        check_field_types(self)
+        for name in ("train_seq_len", "global_batch_tokens", "micro_batch_tokens", "eval_seq_len",
+                     "eval_batch_seqs", "log_every", "swa_every", "muon_ns_steps"):
+            if getattr(self, name) < 1:
+                raise PgolfError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("iterations", "warmup_steps", "warmdown_steps", "val_every", "val_max_tokens",
+                     "checkpoint_every", "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm",
+                     "matrix_lr", "scalar_lr", "embed_lr", "muon_weight_decay", "adam_weight_decay", "adam_eps",
+                     "swa_start_lr_mult"):
+            if getattr(self, name) < 0:
+                raise PgolfError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_start"):
+            if not 0 <= getattr(self, name) < 1:
+                raise PgolfError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.global_batch_tokens % self.micro_batch_tokens:
             raise PgolfError(
                 f"global_batch_tokens {self.global_batch_tokens} is not a multiple of "
@@ -236,8 +289,11 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(current, int):
             return int(float(text)) if "e" in text.lower() else int(text)
         if isinstance(current, float):
-            return float(text)
-    except ValueError:
+            value = float(text)
+            if not math.isfinite(value):
+                raise PgolfError(f"--set {key}: expected a finite number, got {text!r}")
+            return value
+    except (ValueError, OverflowError):
         raise PgolfError(f"--set {key}: expected a {type(current).__name__}, got {text!r}") from None
     return text
 
@@ -269,6 +325,8 @@ def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise PgolfError(f"a model config must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = set(data) - known
     if unknown:
@@ -281,6 +339,8 @@ def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
+    if not isinstance(data, dict):
+        raise PgolfError(f"a run config must be a JSON object, got {type(data).__name__}")
     data = dict(data)
     model = model_config_from_dict(data.pop("model", {}))
     known = {f.name for f in dataclasses.fields(RunConfig)}

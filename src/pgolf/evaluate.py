@@ -20,6 +20,7 @@ aligned to the end, so every window has the same length L.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -158,5 +159,9 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables, seq_len: int, str
     sum_nll, num_tokens, num_bytes_total = sums.tolist()
     if num_bytes_total <= 0:
         raise PgolfError("validation targets cover 0 bytes; the byte tables look wrong")
+    if not math.isfinite(sum_nll):
+        # a NaN score would print as val_bpb:nan and exit 0; it is a failure
+        raise PgolfError(f"evaluation loss is {sum_nll} over {int(num_tokens)} tokens: the model's weights or "
+                         "outputs are not finite")
     return EvalResult(loss=sum_nll / num_tokens, bpb=bits_per_byte(sum_nll, num_bytes_total),
                       tokens=int(num_tokens), bytes=int(num_bytes_total), seconds=time.perf_counter() - started)

@@ -73,7 +73,7 @@ def build_trainer(config: RunConfig, dist: DistInfo, train_files: list[Path]) ->
     return Trainer(
         config=config, dist=dist, base_model=base_model, model=model,
         optimizers=build_optimizers(base_model, config, dist),
-        stream=TokenStream(train_files),
+        stream=TokenStream(train_files, vocab_size=config.model.vocab_size),
         averager=WeightAverager(config),
         autocast=autocast_context(autocast_dtype(config.autocast_dtype), dist.device),
         grad_accum_steps=config.grad_accum_steps(dist.world_size),
@@ -160,7 +160,8 @@ def save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
 
 
 def restore_checkpoint(trainer: Trainer, run_dir: Path) -> None:
-    shared, optimizer_states = checkpoint.load_checkpoint(run_dir, trainer.dist.rank, trainer.dist.world_size)
+    shared, optimizer_states = checkpoint.load_checkpoint(run_dir, trainer.dist.rank, trainer.dist.world_size,
+                                                          model=trainer.base_model, optimizers=trainer.optimizers)
     if shared.get("config") != run_config_to_dict(trainer.config):
         raise PgolfError(f"the checkpoint in {run_dir} was written by another config than its config.json; "
                          "refusing to resume a different run")

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from pathlib import Path
 from typing import Any
+
+from pgolf.errors import PgolfError, printable
 
 CATEGORIES = ("attention", "mlp", "embedding", "bigram", "control")
 
@@ -43,11 +46,19 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
 
     contents = read_artifact(path)
     header = contents.header
+
+    def compressed_size(data: bytes) -> int:
+        try:
+            return len(compress(data, header["compressor"], header["level"]))
+        except (ValueError, OverflowError, zlib.error):  # a level the compressor refuses; the file is readable
+            raise PgolfError(f"{path}: compression level {header['level']} is not valid for "
+                             f"{header['compressor']}; cannot attribute compressed bytes") from None
+
     tensors = []
     for name, entry in contents.quantized.tensors.items():
         row = tensor_summary(name, entry)
         stored = b"".join(tensor_bytes(part) for part in entry.parts.values())
-        row["compressed_bytes"] = len(compress(stored, header["compressor"], header["level"])) if stored else 0
+        row["compressed_bytes"] = compressed_size(stored) if stored else 0
         row["bits_per_parameter"] = _bits_per_parameter(row["compressed_bytes"], row["elements"])
         tensors.append(row)
 
@@ -85,8 +96,8 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
                       bytes_budget=BUDGET_BYTES, bytes_headroom=None, fits=None)
     else:
         totals.update(size_report(contents.bytes_file, bytes_code))
-    facts = {key: header[key] for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
-                                          "tokenizer_sha256", "vocab_size", "model_config")}
+    facts = {key: header.get(key) for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
+                                              "tokenizer_sha256", "vocab_size", "model_config")}
     facts["payload_sha256"] = header["payload"]["sha256"]
     return {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
 
@@ -105,7 +116,7 @@ def format_report(report: dict[str, Any]) -> str:
     header, totals = report["header"], report["totals"]
     tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param"]]
     for row in report["tensors"]:
-        tensor_rows.append([row["name"], row["category"], row["method"], f"{row['elements']:,}",
+        tensor_rows.append([printable(row["name"]), row["category"], row["method"], f"{row['elements']:,}",
                             f"{row['stored_bytes']:,}", f"{row['compressed_bytes']:,}",
                             f"{row['bits_per_parameter']:.3f}"])
     category_rows = [["category", "tensors", "methods", "elements", "stored", "compressed", "bits/param"]]
@@ -117,9 +128,10 @@ def format_report(report: dict[str, Any]) -> str:
     def number(value) -> str:
         return "unavailable" if value is None else f"{value:,}"
 
+    header = {key: printable(value) if isinstance(value, str) else value for key, value in header.items()}
     lines = [
-        f"artifact: {report['artifact']}",
-        f"format: {header['format_version']}  written by pgolf {header['pgolf_version']}",
+        f"artifact: {printable(report['artifact'])}",
+        f"format: {header['format_version']}  written by pgolf {printable(header['pgolf_version'])}",
         f"scheme: {header['scheme']}  compressor: {header['compressor']} level {header['level']}",
         f"tokenizer_sha256: {header['tokenizer_sha256']}  vocab_size: {header['vocab_size']}",
         f"payload_sha256: {header['payload_sha256']}",

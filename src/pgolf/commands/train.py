@@ -50,7 +50,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         config_path = Path(args.resume) / "config.json"
         if not config_path.exists():
             raise PgolfError(f"{args.resume} is not a run folder (no config.json)")
-        config = run_config_from_dict(json.loads(config_path.read_text()))
+        try:
+            config = run_config_from_dict(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as error:
+            raise PgolfError(f"{config_path} is not a readable run config ({error})") from None
     else:
         overrides = list(args.overrides)
         if args.data:
@@ -65,18 +68,18 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def dry_run(config: RunConfig) -> int:
-    import torch
-
     from pgolf.challenge import BUDGET_BYTES
-    from pgolf.model import GPT, num_parameters
+    from pgolf.layout import count_parameters, extrapolate_in_layers
     from pgolf.packaging.export import exported_code_bytes
     from pgolf.packaging.size import predict_model_bytes
+    from pgolf.quant import get_scheme
 
-    with torch.device("meta"):
-        model = GPT(config.model)
-    predicted = predict_model_bytes(config.model, config.quant_scheme)
+    # counted from shallow copies of the model (pgolf.layout): a million layers answers at once
+    scheme = get_scheme(config.quant_scheme)
+    predicted = extrapolate_in_layers(config.model, lambda model: predict_model_bytes(model, scheme),
+                                      relative_tolerance=0.01)
     print(run_config_to_json(config))
-    print(f"parameters:{num_parameters(model)}")
+    print(f"parameters:{count_parameters(config.model)}")
     print(f"grad_accum_steps_per_process:{config.grad_accum_steps(1)} (one process; divided by the world size)")
     total = predicted + exported_code_bytes(config)
     print(f"predicted_bytes_total:{total} budget:{BUDGET_BYTES} fits:{total <= BUDGET_BYTES}")

@@ -9,6 +9,13 @@ through: they are read lazily, encoded in chunks (optionally by a process
 pool, order preserved) and shards are flushed as they fill, so memory stays
 bounded by one shard buffer per split.
 
+Nothing in `--out` changes until the build has succeeded: the dataset is
+built in a temporary folder beside `--out` and only then swapped in (the old
+dataset's shards, manifest and tokenizer replaced, any other file left alone).
+A failed build leaves `--out` exactly as it was and no stray files in it. A
+file in `--out` that no dataset build made is never overwritten: the build
+refuses when it would have to.
+
 manifest.json follows the official export's shape: `tokenizers` and
 `datasets` lists, the dataset entry carrying `stats` (docs/files/tokens per
 split); the tokenizer entry carries `model_path` relative to the output folder
@@ -17,8 +24,11 @@ and the model's sha256.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import secrets
 import shutil
 import sys
 from dataclasses import dataclass
@@ -37,21 +47,28 @@ DOCS_PER_CHUNK = 256
 
 
 def iter_documents(paths: Iterable, one_doc_per_file: bool = False) -> Iterator[str]:
-    """Documents of every input file, in order, read lazily."""
+    """Documents of every input file, in order, read lazily; unreadable or non-UTF-8 input is a PgolfError."""
     for path in map(Path, paths):
+        if path.is_dir():
+            raise PgolfError(f"input {path} is a directory; expected a .txt or .jsonl file")
         if not path.is_file():
             raise PgolfError(f"input {path} not found")
-        if path.suffix == ".jsonl":
-            yield from _jsonl_documents(path)
-        elif path.suffix == ".txt":
-            if one_doc_per_file:
+        if path.suffix not in (".jsonl", ".txt"):
+            raise PgolfError(f"input {path}: expected a .txt or .jsonl file")
+        try:
+            if path.suffix == ".jsonl":
+                yield from _jsonl_documents(path)
+            elif one_doc_per_file:
                 text = path.read_text(encoding="utf-8").strip("\n")
                 if text.strip():
                     yield text
             else:
                 yield from _blank_line_documents(path)
-        else:
-            raise PgolfError(f"input {path}: expected a .txt or .jsonl file")
+        except UnicodeDecodeError as error:
+            raise PgolfError(f"input {path} is not UTF-8 text ({error.reason}); convert it, e.g. "
+                             f"`iconv -f latin1 -t utf-8`") from None
+        except OSError as error:
+            raise PgolfError(f"input {path}: cannot read ({error.strerror or error})") from None
 
 
 def _jsonl_documents(path: Path) -> Iterator[str]:
@@ -65,6 +82,10 @@ def _jsonl_documents(path: Path) -> Iterator[str]:
                 raise PgolfError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise PgolfError(f"{path}:{line_number}: expected an object with a string 'text' field")
+            try:
+                record["text"].encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800": no UTF-8 text
+                raise PgolfError(f"{path}:{line_number}: 'text' holds an unpaired surrogate, not text") from None
             yield record["text"]
 
 
@@ -147,15 +168,79 @@ class BuildResult:
     stats: dict
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    existing = list_shards(out_dir, "train") + list_shards(out_dir, "val")
-    if (out_dir / MANIFEST_NAME).exists():
-        existing.append(out_dir / MANIFEST_NAME)
-    if existing and not overwrite:
-        raise PgolfError(f"{out_dir} already holds a dataset ({existing[0].name}); pass --overwrite or pick another --out")
-    for path in existing:
-        path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+def existing_dataset_files(out_dir: Path) -> list[Path]:
+    """The files of a dataset already in `out_dir`: shards, manifest.json and the tokenizer it names."""
+    if not out_dir.is_dir():
+        return []
+    files = list_shards(out_dir, "train") + list_shards(out_dir, "val")
+    manifest_path = out_dir / MANIFEST_NAME
+    if manifest_path.is_file():
+        files.append(manifest_path)
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            named = [item.get("model_path") for item in manifest.get("tokenizers", []) if isinstance(item, dict)]
+        except (ValueError, AttributeError, OSError):
+            named = []  # a broken manifest is replaced; a file it might have named is left alone
+        for name in named:
+            # only a plain file name inside out_dir counts; a manifest cannot make us touch other paths
+            if isinstance(name, str) and name and Path(name).name == name and (out_dir / name).is_file():
+                files.append(out_dir / name)
+                if (out_dir / name).with_suffix(".vocab").is_file():
+                    files.append((out_dir / name).with_suffix(".vocab"))
+    return sorted(set(files))
+
+
+def _same_bytes(first: Path, second: Path) -> bool:
+    return first.stat().st_size == second.stat().st_size and sha256_file(first) == sha256_file(second)
+
+
+def _swap_in(staging: Path, out_dir: Path, old_files: list[Path]) -> None:
+    """Replace the old dataset in `out_dir` by the files built in `staging`; refuses (changing nothing)
+    when a new file would replace a different file that no dataset build made."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    new_files = sorted(staging.iterdir())
+    keep = set()
+    for path in new_files:
+        target = out_dir / path.name
+        if target.exists() and target not in old_files:
+            if target.is_file() and _same_bytes(path, target):
+                keep.add(path.name)  # e.g. the --tokenizer given from inside --out
+                continue
+            raise PgolfError(f"{target} exists and is not part of the dataset in {out_dir}; the build would "
+                             "overwrite it: move it away or pick another --out")
+    backup = _sibling_folder(out_dir, "old")
+    moved_old, moved_new, completed = [], [], False
+    try:
+        for path in old_files:
+            os.replace(path, backup / path.name)
+            moved_old.append(path)
+        for path in new_files:
+            if path.name not in keep:
+                os.replace(path, out_dir / path.name)
+                moved_new.append(out_dir / path.name)
+        completed = True
+    except OSError:
+        for target in moved_new:  # put everything back as it was
+            target.unlink(missing_ok=True)
+        for path in moved_old:
+            os.replace(backup / path.name, path)
+        raise
+    finally:
+        if completed:
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                backup.rmdir()  # empty after the roll-back; kept (with the old files) if that failed too
+
+
+def _sibling_folder(out_dir: Path, purpose: str) -> Path:
+    """A new hidden folder beside `out_dir` (same file system, so renames are atomic), made with the
+    umask's permissions so that renaming it to `out_dir` gives an ordinary folder."""
+    folder = out_dir.parent / f".{out_dir.name}.{purpose}-{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir()
+    return folder
 
 
 def _install_tokenizer(tokenizer: Path | None, vocab_size: int | None, inputs, one_doc_per_file: bool,
@@ -187,8 +272,31 @@ def build_dataset(inputs: list, out_dir, *, tokenizer=None, vocab_size: int | No
         raise PgolfError("--val-docs, --tokens-per-shard and --workers must be positive")
     out_dir = Path(out_dir)
     inputs = [Path(path) for path in inputs]
-    next(iter_documents(inputs, one_doc_per_file), None)  # validate the inputs before touching out_dir
-    _prepare_out_dir(out_dir, overwrite)
+    next(iter_documents(inputs, one_doc_per_file), None)  # fail early on a missing or unreadable first input
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PgolfError(f"--out {out_dir} is a file, not a folder")
+    old_files = existing_dataset_files(out_dir)
+    if old_files and not overwrite:
+        raise PgolfError(f"{out_dir} already holds a dataset ({old_files[0].name}); pass --overwrite or pick "
+                         "another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling_folder(out_dir, "build")
+    try:
+        result = _build_into(staging, out_dir.name, inputs, tokenizer, vocab_size, val_docs, tokens_per_shard,
+                             one_doc_per_file, workers, max_sample_bytes, progress, log)
+        _swap_in(staging, out_dir, old_files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"dataset {out_dir}: {result.stats['docs_val']:,} val docs / {result.stats['tokens_val']:,} tokens, "
+        f"{result.stats['docs_train']:,} train docs / {result.stats['tokens_train']:,} tokens in "
+        f"{result.stats['files_train']} shard(s)")
+    return BuildResult(out_dir, out_dir / MANIFEST_NAME, out_dir / result.tokenizer_path.name, result.stats)
+
+
+def _build_into(out_dir: Path, name: str, inputs: list[Path], tokenizer, vocab_size: int | None, val_docs: int,
+                tokens_per_shard: int, one_doc_per_file: bool, workers: int, max_sample_bytes: int,
+                progress: bool | None, log) -> BuildResult:
+    """The build itself, into an empty folder; the dataset is named `name` in its manifest."""
     model_path = _install_tokenizer(Path(tokenizer) if tokenizer else None, vocab_size, inputs, one_doc_per_file,
                                     out_dir, max_sample_bytes, log)
     processor = load_sentencepiece(model_path)
@@ -232,14 +340,12 @@ def build_dataset(inputs: list, out_dir, *, tokenizer=None, vocab_size: int | No
     for key in ("docs", "files", "tokens"):
         stats[f"{key}_total"] = stats[f"{key}_val"] + stats[f"{key}_train"]
     manifest_path = write_manifest(out_dir, model_path, processor.get_piece_size(), stats, tokens_per_shard,
-                                   [str(path) for path in inputs])
-    log(f"dataset {out_dir}: {stats['docs_val']:,} val docs / {stats['tokens_val']:,} tokens, "
-        f"{stats['docs_train']:,} train docs / {stats['tokens_train']:,} tokens in {stats['files_train']} shard(s)")
+                                   [str(path) for path in inputs], name=name)
     return BuildResult(out_dir, manifest_path, model_path, stats)
 
 
 def write_manifest(out_dir: Path, model_path: Path, vocab_size: int, stats: dict, tokens_per_shard: int,
-                   sources: list[str]) -> Path:
+                   sources: list[str], name: str | None = None) -> Path:
     tokenizer_name = model_path.stem
     manifest = {
         "format": "pgolf-dataset-1",
@@ -256,7 +362,7 @@ def write_manifest(out_dir: Path, model_path: Path, vocab_size: int, stats: dict
             "sha256": sha256_file(model_path),
         }],
         "datasets": [{
-            "name": out_dir.name,
+            "name": name or out_dir.name,
             "tokenizer_name": tokenizer_name,
             "path": ".",
             "train_glob": "fineweb_train_*.bin",

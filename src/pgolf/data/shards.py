@@ -77,6 +77,18 @@ def read_shard(path) -> np.memmap:
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
+def check_token_range(tokens: np.ndarray, vocab_size: int, path) -> None:
+    """ShardError when a token id is outside 0..vocab_size-1 (one pass over a memory-mapped shard:
+    an id past the embedding would otherwise fail mid-training as an IndexError, or on GPU as a device assert)."""
+    if tokens.size == 0:
+        return
+    highest = int(tokens.max())
+    if highest >= vocab_size:
+        position = int(np.argmax(tokens >= vocab_size))
+        raise ShardError(f"{path}: token id {highest} (first bad id at position {position:,}) is outside the "
+                         f"{vocab_size}-piece vocabulary; the shard was made with another tokenizer")
+
+
 def write_shard(path, tokens: np.ndarray) -> None:
     """Write tokens (any integer array with values in 0..65535) atomically."""
     path = Path(path)

@@ -14,13 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pgolf.data.shards import read_shard, validate_shard
+from pgolf.data.shards import check_token_range, read_shard, validate_shard
 from pgolf.errors import PgolfError
 
 
 class TokenStream:
-    def __init__(self, files: list[Path]):
+    """`vocab_size` given: each shard's ids are checked against it once, when the stream first opens it."""
+
+    def __init__(self, files: list[Path], vocab_size: int | None = None):
         self.files = [Path(path) for path in files]
+        self.vocab_size = vocab_size
+        self._range_checked: set[int] = set()
         if not self.files:
             raise PgolfError("no training shards given; run `pgolf data fetch` or `pgolf data build`")
         for path in self.files:
@@ -38,6 +42,9 @@ class TokenStream:
     def _current(self) -> np.ndarray:
         if self._tokens is None:
             self._tokens = read_shard(self.files[self.shard])
+            if self.vocab_size is not None and self.shard not in self._range_checked:
+                check_token_range(self._tokens, self.vocab_size, self.files[self.shard])
+                self._range_checked.add(self.shard)
         return self._tokens
 
     def _advance_shard(self) -> None:

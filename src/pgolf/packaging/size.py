@@ -20,9 +20,9 @@ import torch
 from pgolf.challenge import BUDGET_BYTES
 from pgolf.config import ModelConfig
 from pgolf.errors import PgolfError
+from pgolf.layout import Layout, state_layout
 from pgolf.quant import Scheme, choose_method, get_scheme, quantize_int6_rows, quantize_int8_rows, stored_layout
 
-StateLayout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # {tensor name: (shape, dtype)}
 
 
 def size_report(bytes_model: int, bytes_code: int, budget: int = BUDGET_BYTES) -> dict[str, int | bool]:
@@ -60,16 +60,7 @@ def _part_kind(method: str, part: str) -> str:
     return method if method in ("int6", "int8") else ("fp16" if method == "fp16" else "exact")
 
 
-def model_state_layout(model_config: ModelConfig) -> StateLayout:
-    """{name: (shape, dtype)} of the model's state dict, from a GPT built on the meta device (no memory)."""
-    from pgolf.model import GPT  # imported here: accounting is also used where no model is needed
-
-    with torch.device("meta"):
-        model = GPT(model_config)
-    return {name: (tuple(tensor.shape), tensor.dtype) for name, tensor in model.state_dict().items()}
-
-
-def stored_bytes_by_kind(layout: StateLayout, scheme: str | Scheme) -> dict[str, int]:
+def stored_bytes_by_kind(layout: Layout, scheme: str | Scheme) -> dict[str, int]:
     """Bytes before compression per kind of stored part ("int6", "int8", "scale", "fp16", "exact")."""
     totals = dict.fromkeys(("int6", "int8", "scale", "fp16", "exact"), 0)
     for name, (shape, dtype) in layout.items():
@@ -80,7 +71,7 @@ def stored_bytes_by_kind(layout: StateLayout, scheme: str | Scheme) -> dict[str,
     return totals
 
 
-def predict_header_bytes(layout: StateLayout, scheme: str | Scheme,
+def predict_header_bytes(layout: Layout, scheme: str | Scheme,
                          model_config: ModelConfig) -> int:
     """Exact size of magic + prefix + JSON header for this layout, up to the digits of a few numbers."""
     from pgolf import artifact
@@ -97,7 +88,7 @@ def predict_header_bytes(layout: StateLayout, scheme: str | Scheme,
 
 
 def predict_model_bytes(model_config: ModelConfig, scheme: str | Scheme, profile: str = "trained",
-                        layout: StateLayout | None = None) -> int:
+                        layout: Layout | None = None) -> int:
     """Predicted `.pgolf` file size for this config before training (see COMPRESSION_RATIOS).
 
     profile "trained" is calibrated on the reference run; "gaussian" fits freshly initialised
@@ -107,7 +98,7 @@ def predict_model_bytes(model_config: ModelConfig, scheme: str | Scheme, profile
     if (resolved.compressor, profile) not in COMPRESSION_RATIOS:
         raise PgolfError(f"no compression ratios for compressor {resolved.compressor!r}, profile {profile!r}")
     ratios = COMPRESSION_RATIOS[(resolved.compressor, profile)]
-    layout = model_state_layout(model_config) if layout is None else layout
+    layout = state_layout(model_config) if layout is None else layout
     stored = stored_bytes_by_kind(layout, resolved)
     payload = sum(stored[kind] * ratios[kind] for kind in stored)
     return int(round(payload)) + predict_header_bytes(layout, resolved, model_config)

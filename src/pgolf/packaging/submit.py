@@ -17,7 +17,17 @@ from typing import Any
 
 from pgolf.challenge import ARTIFACT_NAME, BUDGET_BYTES
 from pgolf.errors import PgolfError
+from pgolf.verify.result_checks import result_problems
 from pgolf.verify.run_checks import RunRecord, check_same_config, check_same_scheme, load_run
+
+
+def check_numbers(runs: list[RunRecord]) -> None:
+    """Each result.json is backed by its artifact (sha256, size) and log; see `pgolf.verify.result_checks`."""
+    for run in runs:
+        problems = result_problems(run.path, run.result)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise PgolfError(f"run {run.name} cannot be submitted: {problems[0]}{more}")
 
 
 def check_one_recipe(runs: list[RunRecord]) -> None:
@@ -94,6 +104,7 @@ def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str
                      blurb: str = "", code_file: Path | None = None) -> dict[str, Any]:
     """Check, then write the records folder. `code_file` (an exported train_gpt.py) sets the code bytes."""
     runs = [load_run(run_dir) for run_dir in run_dirs]
+    check_numbers(runs)
     check_one_recipe(runs)
     bytes_code = code_file.stat().st_size if code_file is not None else runs[0].result["bytes_code"]
     summary = summarise(runs, bytes_code)

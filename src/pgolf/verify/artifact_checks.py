@@ -10,19 +10,20 @@ from pgolf.verify.report import Check
 
 def check_artifact(path, tokenizer_sha256: str, vocab_size: int, code_bytes: int | None = None):
     """Checks of one `.pgolf` file; returns (checks, header or None when unreadable)."""
-    from pgolf.artifact import read_artifact
+    from pgolf.artifact import check_model_config_against_table, read_artifact
     from pgolf.challenge import BUDGET_BYTES
     from pgolf.packaging.export import artifact_code_bytes
 
     path = Path(path)
     try:
-        contents = read_artifact(path)  # magic, lengths, payload sha256, tensor table
+        contents = read_artifact(path)  # magic, lengths, file checksum, payload sha256, tensor table
+        check_model_config_against_table(path, contents.header["model_config"], contents.header["tensors"])
     except PgolfError as error:
         return [Check("artifact.integrity", False, str(error))], None
     header = contents.header
     checks = [Check("artifact.integrity", True,
-                    f"{path.name}: payload sha256 {header['payload']['sha256'][:16]}... matches, "
-                    f"{len(header['tensors'])} tensors, scheme {header['scheme']!r} "
+                    f"{path.name}: file checksum and payload sha256 {header['payload']['sha256'][:16]}... match, "
+                    f"{len(header['tensors'])} tensors agree with the model config, scheme {header['scheme']!r} "
                     f"({header['compressor']} level {header['level']})")]
     code = artifact_code_bytes(header) if code_bytes is None else int(code_bytes)
     total = contents.bytes_file + code

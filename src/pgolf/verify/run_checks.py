@@ -6,7 +6,9 @@ full RunConfig, `pgolf.config.run_config_to_dict`). Claims have been thrown out
 because their "seeds" came from different configs, so every pair of configs
 is compared key by key; only the seed and settings that cannot change the
 numbers (paths, logging cadence) may differ. That the data was the same is
-checked through the scored token and byte counts instead of the paths.
+checked through the scored token and byte counts instead of the paths. That
+each result.json's numbers are backed by its artifact and log is checked by
+`result_checks`.
 
 The challenge's rule for a new record: beat the baseline by at least 0.005
 nats per token, shown at p < 0.01. The baseline is given in bits per byte and
@@ -26,6 +28,7 @@ from typing import Any
 
 from pgolf.errors import PgolfError
 from pgolf.verify.report import Check
+from pgolf.verify.result_checks import check_result_numbers
 from pgolf.verify.stats import mean_and_std, welch_one_sided
 
 REQUIRED_IMPROVEMENT_NATS = 0.005
@@ -51,8 +54,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PgolfError(f"{path} not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PgolfError(f"{path}: not valid JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise PgolfError(f"{path}: not valid JSON ({str(error) or 'nested too deeply'})") from None
+    except OSError as error:
+        raise PgolfError(f"{path}: cannot read ({error.strerror or error})") from None
     if not isinstance(data, dict):
         raise PgolfError(f"{path}: expected a JSON object")
     return data
@@ -64,6 +69,10 @@ def load_run(run_dir) -> RunRecord:
     missing = [key for key in REQUIRED_RESULT_KEYS if key not in result]
     if missing:
         raise PgolfError(f"{run_dir / 'result.json'} lacks {', '.join(missing)}")
+    for key in ("val_bpb", "val_loss", "bytes_total"):
+        value = result[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PgolfError(f"{run_dir / 'result.json'}: {key} is not a finite number: {value!r}"[:200])
     return RunRecord(run_dir, result, _read_json(run_dir / "config.json"))
 
 
@@ -188,5 +197,6 @@ def check_runs(run_dirs: list, baseline_bpb: list[float] | None = None,
         return [Check("runs.load", False, f"{len(problems)} run(s) unreadable: {problems[0]}", tuple(problems))], runs
     per_run = run_tokens_per_byte(runs)
     checks = [check_same_config(runs), check_same_scheme(runs),
-              check_significance(runs, baseline_bpb, per_run if per_run is not None else tokens_per_byte)]
+              check_significance(runs, baseline_bpb, per_run if per_run is not None else tokens_per_byte),
+              check_result_numbers(runs)]
     return checks, runs
