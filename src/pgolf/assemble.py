@@ -21,7 +21,7 @@ from pgolf.accounting import BUDGET_BYTES, predict_model_bytes
 from pgolf.attention import attention_backend_name
 from pgolf.averaging import WeightAverager
 from pgolf.config import RunConfig
-from pgolf.data.shards import find_tokenizer, list_shards, load_val_tokens, resolve_dataset_dir
+from pgolf.data.shards import find_tokenizer, list_shards, load_val_bytes, load_val_tokens, resolve_dataset_dir
 from pgolf.data.stream import TokenStream
 from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
@@ -42,9 +42,10 @@ class RunData:
     dataset_dir: Path
     tokenizer_path: Path
     tokenizer_sha256: str
-    tables: ByteTables
+    tables: ByteTables | None  # None when the dataset has a byte sidecar: bytes are never counted from tables then
     val_tokens: torch.Tensor  # (N,) int64: the val split cut to a multiple of eval_seq_len plus one token
     train_files: list[Path]
+    val_bytes: torch.Tensor | None = None  # (N,) int32: the byte sidecar, cut like val_tokens
 
 
 @dataclass
@@ -85,10 +86,13 @@ def prepare(config: RunConfig) -> RunData:
     train_files = list_shards(dataset_dir, "train")
     if not train_files:
         raise PgolfError(f"no train shards (fineweb_train_*.bin) in {dataset_dir}")
+    val_tokens = load_val_tokens(dataset_dir)
+    val_bytes = load_val_bytes(dataset_dir, val_tokens.numpy())
+    val_tokens = truncate_val_tokens(val_tokens, config.eval_seq_len)
     return RunData(dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
-                   tokenizer_sha256=sha256_file(tokenizer_path), tables=tables,
-                   val_tokens=truncate_val_tokens(load_val_tokens(dataset_dir), config.eval_seq_len),
-                   train_files=train_files)
+                   tokenizer_sha256=sha256_file(tokenizer_path), tables=None if val_bytes is not None else tables,
+                   val_tokens=val_tokens, train_files=train_files,
+                   val_bytes=None if val_bytes is None else torch.from_numpy(val_bytes[:val_tokens.numel()]))
 
 
 def autocast_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -227,13 +231,14 @@ def validate(trainer: Trainer, run: RunData, max_tokens: int = 0, model: torch.n
     """Evaluate on the val split (or its first `max_tokens` tokens); returns val_loss, val_bpb and counts."""
     config = trainer.config
     tokens = run.val_tokens if max_tokens <= 0 else run.val_tokens[: max_tokens + 1]
+    val_bytes = None if run.val_bytes is None else run.val_bytes[: tokens.numel()]
     stride = config.eval_seq_len if stride is None else stride
     dtype = autocast_dtype(config, trainer.dist.device)
     with progress_bar(total=None, desc=desc, unit="window",
                       enabled=None if trainer.dist.is_main and not trainer.quiet else False) as bar:
         result = evaluate(model if model is not None else evaluation_model(trainer), tokens, run.tables,
                           seq_len=config.eval_seq_len, stride=stride, batch_seqs=config.eval_batch_seqs,
-                          dist=trainer.dist, autocast_dtype=dtype, progress=bar.advance_to)
+                          dist=trainer.dist, autocast_dtype=dtype, progress=bar.advance_to, val_bytes=val_bytes)
     return {"val_loss": result.loss, "val_bpb": result.bpb, "val_tokens_scored": result.tokens,
             "val_bytes_scored": result.bytes, "eval_seconds": result.seconds}
 

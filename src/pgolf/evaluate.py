@@ -6,7 +6,9 @@ tokens [start, start + L) to the model (L = min(seq_len, N)) and scores the
 targets in [score_from, score_to) (absolute target indices), each from the
 context [start, i]. `sliding_windows` decides these ranges (pure);
 `evaluate` runs them in batches, spread over ranks, and sums NLL, tokens and
-bytes in float64.
+bytes in float64. Bytes come from the look-up tables (`metric.count_bytes`)
+or, for a dataset with a byte sidecar, from the sidecar (`metric.sidecar_bytes`),
+never both; bpb is `metric.bits_per_byte`.
 
 Every target is scored exactly once. The reference lets its trailing windows
 run past the end and re-score the same last tokens; here the last window is
@@ -20,7 +22,6 @@ aligned to the end, so every window has the same length L.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +33,7 @@ from torch import nn
 
 from pgolf.distributed import DistInfo, all_reduce_sum
 from pgolf.errors import PgolfError
+from pgolf.metric import bits_per_byte, count_bytes, sidecar_bytes
 
 
 @dataclass
@@ -106,12 +108,13 @@ def _byte_lookups(tables, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, batch_seqs: int, dist: DistInfo,
              autocast_dtype: torch.dtype | None = None,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             progress: Callable[[int, int], None] | None = None, val_bytes=None) -> EvalResult:
     """Score every target of `val_tokens` once; `model(input_ids)` must return logits (B, T, V).
 
     Window i goes to rank i % world_size; sums are all-reduced, so every rank gets the result.
     `progress(done, total)` counts this rank's windows. Callers cut the split first with
-    `truncate_val_tokens` to match the reference's token count.
+    `truncate_val_tokens` to match the reference's token count. `val_bytes` is the split's byte
+    sidecar, shape (N,) like `val_tokens` (cut the same way); with it `tables` must be None.
     """
     if batch_seqs < 1:
         raise PgolfError(f"eval batch_seqs must be >= 1, got {batch_seqs}")
@@ -121,10 +124,18 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
     num_targets = tokens.numel() - 1
     if num_targets < 1:
         raise PgolfError("validation split has fewer than 2 tokens")
-    base_bytes, has_leading_space, is_boundary = _byte_lookups(tables, device)
-    if int(tokens.max()) >= base_bytes.numel():
-        raise PgolfError(f"validation token id {int(tokens.max())} is outside the byte tables "
-                         f"({base_bytes.numel()} entries); tokenizer and data do not match")
+    split_bytes = None
+    if val_bytes is not None:
+        if tables is not None:
+            raise PgolfError("evaluate counts bytes from the sidecar or from byte tables, not both")
+        split_bytes = _as_token_tensor(val_bytes).to(device)
+        if split_bytes.numel() != tokens.numel():
+            raise PgolfError(f"byte sidecar has {split_bytes.numel():,} values for {tokens.numel():,} val tokens")
+    else:
+        base_bytes, _, _ = _byte_lookups(tables, device)
+        if int(tokens.max()) >= base_bytes.numel():
+            raise PgolfError(f"validation token id {int(tokens.max())} is outside the byte tables "
+                             f"({base_bytes.numel()} entries); tokenizer and data do not match")
     tokens = tokens.to(device)
     windows = sliding_windows(num_targets, seq_len, stride)
     local_windows = windows[dist.rank::dist.world_size]
@@ -156,8 +167,10 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
                 scored_logits = scored_logits.to(torch.promote_types(scored_logits.dtype, torch.float32))
                 scored_targets, previous = targets[scored], inputs[scored]
                 nll = F.cross_entropy(scored_logits, scored_targets, reduction="none")
-                num_bytes = base_bytes[scored_targets] + (
-                    has_leading_space[scored_targets] & ~is_boundary[previous]).long()
+                if split_bytes is not None:  # a target's bytes sit at its own position, target index + 1
+                    num_bytes = sidecar_bytes(split_bytes, target_index[scored] + 1)
+                else:
+                    num_bytes = count_bytes(previous, scored_targets, tables)
                 sums[0] += nll.double().sum()
                 sums[1] += scored_targets.numel()
                 sums[2] += num_bytes.double().sum()
@@ -168,6 +181,6 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
     all_reduce_sum(sums, dist)
     sum_nll, num_tokens, num_bytes_total = sums.tolist()
     if num_bytes_total <= 0:
-        raise PgolfError("validation targets cover 0 bytes; the byte tables look wrong")
-    return EvalResult(loss=sum_nll / num_tokens, bpb=sum_nll / math.log(2) / num_bytes_total,
+        raise PgolfError("validation targets cover 0 bytes; the byte counts look wrong")
+    return EvalResult(loss=sum_nll / num_tokens, bpb=bits_per_byte(sum_nll, num_bytes_total),
                       tokens=int(num_tokens), bytes=int(num_bytes_total), seconds=time.perf_counter() - started)

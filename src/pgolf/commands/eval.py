@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pgolf.artifact import load_artifact
-    from pgolf.data.shards import find_tokenizer, load_val_tokens, resolve_dataset_dir
+    from pgolf.data.shards import find_tokenizer, load_val_bytes, load_val_tokens, resolve_dataset_dir
     from pgolf.data.tokenizer import sha256_file
     from pgolf.distributed import cleanup_distributed, init_distributed
     from pgolf.evaluate import evaluate, truncate_val_tokens
@@ -54,10 +54,14 @@ def run(args: argparse.Namespace) -> int:
     if recorded and recorded != actual:
         raise PgolfError(f"tokenizer {tokenizer_path} (sha256 {actual[:16]}...) is not the one this artifact was "
                          f"trained with (sha256 {recorded[:16]}...); scores would be meaningless")
-    tables = byte_tables_from_sentencepiece(tokenizer_path)
-    val_tokens = truncate_val_tokens(load_val_tokens(dataset_dir), args.seq_len)
+    val_tokens = load_val_tokens(dataset_dir)
+    val_bytes = load_val_bytes(dataset_dir, val_tokens.numpy())  # with a sidecar, bytes never come from tables
+    tables = byte_tables_from_sentencepiece(tokenizer_path) if val_bytes is None else None
+    val_tokens = truncate_val_tokens(val_tokens, args.seq_len)
     if args.max_tokens > 0:
         val_tokens = val_tokens[: args.max_tokens + 1]
+    if val_bytes is not None:
+        val_bytes = torch.from_numpy(val_bytes[: val_tokens.numel()])
 
     dist = init_distributed(args.device)
     try:
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                           enabled=None if dist.is_main and not (args.quiet or args.json) else False) as bar:
             result = evaluate(model, val_tokens, tables, seq_len=args.seq_len, stride=args.stride,
                               batch_seqs=args.batch_seqs, dist=dist,
-                              autocast_dtype=None if args.fp32 else torch.bfloat16, progress=bar.advance_to)
+                              autocast_dtype=None if args.fp32 else torch.bfloat16, progress=bar.advance_to,
+                              val_bytes=val_bytes)
         wall = time.perf_counter() - started
     finally:
         cleanup_distributed()
