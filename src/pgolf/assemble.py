@@ -152,6 +152,7 @@ def describe(trainer: Trainer, run: RunData) -> dict[str, Any]:
         "dataset": str(run.dataset_dir),
         "train_shards": len(run.train_files),
         "val_tokens": int(run.val_tokens.numel()),
+        "val_byte_counts": "sidecar" if run.val_bytes is not None else "lut",
         "tokenizer_sha256": run.tokenizer_sha256[:16],
         "predicted_model_bytes": predict_model_bytes(config.model, SCHEMES[config.quant_scheme]),
     }
