@@ -174,11 +174,12 @@ def test_lut_and_sidecar_give_the_same_bpb(tiny_tokenizer_path, tmp_path):
     LUT (pr198 §2) and the sidecar count the same bytes per document, and evaluation gives the same bpb."""
     documents = synthetic_documents(80, seed=6, rare_probability=0.5)  # byte fallback for CJK and emoji
     corpus = write_jsonl(tmp_path / "c.jsonl", documents)
-    built = build_dataset([corpus], tmp_path / "plain", tokenizer=tiny_tokenizer_path, val_docs=40, sidecar=True,
-                          progress=False, log=_quiet)
+    out = tmp_path / "plain"
+    assert main(["data", "build", "--input", str(corpus), "--out", str(out), "--tokenizer", str(tiny_tokenizer_path),
+                 "--val-docs", "40", "--sidecar"]) == 0
     processor = load_sentencepiece(tiny_tokenizer_path)
-    val = np.asarray(read_shard(built.out_dir / "fineweb_val_000000.bin"))
-    values = load_val_bytes(built.out_dir, val)
+    val = np.asarray(read_shard(out / "fineweb_val_000000.bin"))
+    values = load_val_bytes(out, val)
     assert any(processor.is_byte(int(token)) for token in val)
     tables = byte_tables_from_sentencepiece(processor)
     lut = np.concatenate(([0], count_bytes(val[:-1], val[1:], tables)))

@@ -25,6 +25,7 @@ from pgolf.accounting import BUDGET_BYTES
 from pgolf.config import RunConfig, tiny
 from pgolf.data.build import build_dataset
 from pgolf.data.stdlib_corpus import iter_stdlib_documents, split_documents, write_jsonl
+from pgolf.metric import bits_per_byte
 
 DEMO_VAL_FRACTION = 0.1  # about 60k validation tokens: a sliding-window score in seconds on 2 cores
 
@@ -56,7 +57,7 @@ def build_demo_dataset(out_dir: Path, quiet: bool, log=print, caseops: bool = Fa
 
 def summary_rows(result: dict[str, Any], corpus: dict[str, Any], wall_seconds: float,
                  run_dir: Path, machine: str) -> list[tuple[str, str]]:
-    uniform = math.log2(1024) * result["val_tokens_scored"] / max(result["val_bytes_scored"], 1)
+    uniform = bits_per_byte(math.log(1024) * result["val_tokens_scored"], max(result["val_bytes_scored"], 1))
     return [
         ("corpus", f"{corpus['documents']:,} docs, {corpus['bytes']:,} bytes (Python stdlib docstrings)"),
         ("val bpb, before quantisation (plain)", f"{result['val_bpb_prequant']:.4f}"),
