@@ -1,83 +1,31 @@
-"""Size accounting: counted code files, the budget check, and the size prediction."""
+"""Size accounting: the budget report and the size prediction (pgolf.packaging.size). Code bytes are
+the exported script's: tests/test_export.py."""
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from pgolf import accounting
-from pgolf.accounting import (
-    BUDGET_BYTES,
-    CODE_MODULES,
+from pgolf.artifact import save_artifact
+from pgolf.challenge import BUDGET_BYTES
+from pgolf.config import ModelConfig, pr198
+from pgolf.packaging import size as accounting
+from pgolf.packaging.export import exported_code_bytes
+from pgolf.packaging.size import (
     COMPRESSION_RATIOS,
-    check_budget,
-    code_bytes,
-    code_files,
     measure_compression_ratios,
     model_state_layout,
     predict_model_bytes,
     size_report,
-    uncounted_imports,
 )
-from pgolf.artifact import save_artifact
-from pgolf.config import ModelConfig, pr198
-from pgolf.errors import PgolfError
 
 
-def copy_counted_tree(destination: Path) -> Path:
-    for relative in CODE_MODULES:
-        target = destination / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(accounting.PACKAGE_ROOT / relative, target)
-    return destination
-
-
-def test_code_files_are_sorted_stable_and_sum_to_code_bytes():
-    files = code_files()
-    relative = [path.relative_to(accounting.PACKAGE_ROOT).as_posix() for path in files]
-    assert relative == sorted(relative) == sorted(CODE_MODULES)
-    assert code_files() == files
-    # In an LF checkout the counted size is the size on disk.
-    assert all(b"\r\n" not in path.read_bytes() for path in files)
-    assert code_bytes() == sum(path.stat().st_size for path in files)
-
-
-def test_line_endings_do_not_change_the_count(tmp_path):
-    tree = copy_counted_tree(tmp_path / "pgolf")
-    lf_count = code_bytes(tree)
-    config = tree / "config.py"
-    config.write_bytes(config.read_bytes().replace(b"\n", b"\r\n"))  # what a Windows autocrlf checkout does
-    assert config.stat().st_size > (accounting.PACKAGE_ROOT / "config.py").stat().st_size
-    assert code_bytes(tree) == lf_count
-
-
-def test_missing_counted_file_is_an_error(tmp_path):
-    tree = copy_counted_tree(tmp_path / "pgolf")
-    (tree / "metric.py").unlink()
-    with pytest.raises(PgolfError, match="metric.py"):
-        code_bytes(tree)
-
-
-def test_counted_files_import_only_counted_files(tmp_path):
-    assert uncounted_imports() == {}
-    tree = copy_counted_tree(tmp_path / "pgolf")
-    (tree / "plot.py").write_text("X = 1\n")
-    with open(tree / "evaluate.py", "a") as handle:
-        handle.write("\n\ndef _late():\n    from pgolf.plot import X\n    return X\n")
-    assert uncounted_imports(tree) == {"evaluate.py": ["plot.py"]}
-
-
-def test_budget_report_and_check():
+def test_budget_report():
     assert BUDGET_BYTES == 16_000_000
     report = size_report(15_000_000, 1_000_000)
     assert report == {"bytes_model": 15_000_000, "bytes_code": 1_000_000, "bytes_total": 16_000_000,
                       "bytes_budget": 16_000_000, "bytes_headroom": 0, "fits": True}
-    assert check_budget(15_000_000, 1_000_000)["fits"]
-    with pytest.raises(PgolfError, match=r"15,000,001.*1,000,000.*16,000,001"):
-        check_budget(15_000_001, 1_000_000)
+    assert not size_report(15_000_001, 1_000_000)["fits"]
 
 
 def gaussian_state(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -124,4 +72,4 @@ def test_pr198_layout_and_prediction_scale():
     predicted = predict_model_bytes(pr198().model, "pr198", layout=layout)
     # Calibrated on the reference run (15,468,512 model bytes): the recipe must be predicted to fit.
     assert abs(predicted - 15_468_512) / 15_468_512 < 0.01
-    assert predicted + code_bytes() < BUDGET_BYTES
+    assert predicted + exported_code_bytes(pr198()) < BUDGET_BYTES

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pgolf.challenge import OFFICIAL_SP1024_VAL_TARGETS
 from pgolf import bench, flops
 from pgolf.cli import main
 from pgolf.config import ModelConfig, RunConfig
@@ -61,7 +62,7 @@ def test_window_count_matches_evaluate(num_targets, seq_len, stride):
 
 def test_official_split_window_count():
     # 62,021,632 targets: the first window scores 2048, each later one 64: (62,021,632 - 2048) / 64 = 969,056 more
-    assert flops.sliding_window_count(flops.OFFICIAL_VAL_TARGETS, 2048, 64) == 969_057
+    assert flops.sliding_window_count(OFFICIAL_SP1024_VAL_TARGETS, 2048, 64) == 969_057
     assert flops.sliding_window_count(0, 2048, 64) == 0
 
 
@@ -89,7 +90,7 @@ def test_bench_run_config():
 
 
 def test_default_micro_batch_is_capped_on_cpu_only():
-    from pgolf.assemble import CPU_MICRO_TOKENS
+    from pgolf.build import CPU_MICRO_TOKENS
     from pgolf.config import pr198, tiny
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -187,7 +188,7 @@ def test_measure_eval_counts_positions():
     result = bench.measure_eval(model, config, torch.device("cpu"), num_batches=2, batch_seqs=3, autocast_dtype=None)
     assert result.windows == 6 and result.positions == 6 * 16
     assert result.scored_tokens == 16 + 5 * 4  # first window scores all 16, each later one its last 4
-    full_positions = flops.sliding_window_count(flops.OFFICIAL_VAL_TARGETS, 16, 4) * 16
+    full_positions = flops.sliding_window_count(OFFICIAL_SP1024_VAL_TARGETS, 16, 4) * 16
     assert result.full_val_seconds == pytest.approx(full_positions / result.positions_per_second)
 
 
@@ -198,6 +199,7 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_cli_bench_train_and_eval(capsys, keep_threads):
     common = ["--preset", "tiny", "--set", "num_layers=1", "--set", "model_dim=32", "--set", "num_heads=2",
               "--set", "num_kv_heads=1", "--set", "bigram_dim=8", "--threads", "1", "--matmul-sizes", "64,128"]

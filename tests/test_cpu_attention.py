@@ -1,7 +1,9 @@
 """pgolf's AMX attention kernels against a float64 reference, and their place in the model.
 
-The kernel builds on first use (~15 s, then cached). On a CPU without AMX the kernel tests are
-skipped with the reason `prepare()` gives; the dispatch tests run everywhere.
+The kernel is an optional extra (`pip install -e ".[cpu-kernels]"`) and builds on first use (~15 s,
+then cached), so the tests that need it are marked slow (CI installs the extra for its slow step). On
+a CPU without AMX, or without the extra, they are skipped with the reason `prepare()` gives; the
+dispatch tests and the opt-in rules run everywhere.
 """
 
 import pytest
@@ -47,6 +49,7 @@ def relative_error(mine: torch.Tensor, reference: torch.Tensor) -> float:
     (1, 384, 3, 3, 64),   # three tiles, no grouping
     (1, 128, 2, 1, 128),  # one tile, two 64-wide column chunks
 ])
+@pytest.mark.slow
 def test_gradients_match_float64_reference(kernel, batch, length, heads, kv_heads, head_dim):
     q, k, v, grad_out = bf16_inputs(batch, length, heads, kv_heads, head_dim, seed=length + heads)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -61,6 +64,7 @@ def test_gradients_match_float64_reference(kernel, batch, length, heads, kv_head
         assert relative_error(leaf.grad, reference) < 0.01  # bf16 rounding of inputs and outputs only
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch,length,heads,kv_heads,head_dim", [(2, 256, 4, 2, 64), (1, 384, 2, 1, 128)])
 def test_forward_log_sum_exp_matches_float64(kernel, batch, length, heads, kv_heads, head_dim):
     """The backward rebuilds the probabilities from the forward's log-sum-exp, so it must be exact to fp32-ish."""
@@ -76,6 +80,7 @@ def test_forward_log_sum_exp_matches_float64(kernel, batch, length, heads, kv_he
     assert relative_error(out, reference) < 0.01
 
 
+@pytest.mark.slow
 def test_operators_refuse_inputs_outside_their_layout(kernel):
     q, k, v, grad_out = bf16_inputs(1, 256, 4, 2, 64, seed=5)
     with pytest.raises(RuntimeError, match="multiple of 128"):
@@ -90,6 +95,7 @@ def test_operators_refuse_inputs_outside_their_layout(kernel):
         torch.ops.pgolf_cpu.causal_attention_backward(q, k, v, out[:, :128].contiguous(), grad_out, lse, 0.125)
 
 
+@pytest.mark.slow
 def test_gradients_at_least_as_close_as_sdpa_bf16(kernel):
     """The kernel accumulates in fp32; SDPA's CPU backward in bf16 is the bar to clear."""
     q, k, v, grad_out = bf16_inputs(1, 512, 4, 2, 64, seed=7)
@@ -102,6 +108,7 @@ def test_gradients_at_least_as_close_as_sdpa_bf16(kernel):
         assert relative_error(ours.grad, reference) <= relative_error(theirs.grad.transpose(1, 2), reference) * 1.25
 
 
+@pytest.mark.slow
 def test_usable_only_where_the_kernel_applies(kernel):
     q, k, v, _ = bf16_inputs(1, 256, 4, 2, 64, seed=0)
     assert not kernel.usable(q, k, v)  # no gradient wanted: SDPA's forward alone is the same
@@ -119,6 +126,7 @@ def test_usable_only_where_the_kernel_applies(kernel):
     assert not kernel.usable(*narrow)
 
 
+@pytest.mark.slow
 def test_attention_dispatches_to_the_kernel_only_without_documents(kernel):
     q, k, v, grad_out = bf16_inputs(1, 256, 4, 2, 64, seed=3)
     q.requires_grad_()
@@ -133,6 +141,7 @@ def test_attention_dispatches_to_the_kernel_only_without_documents(kernel):
     assert "pgolf_cpu::causal_attention_backward" not in names(documents)
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_in_one_graph_with_the_kernel(kernel):
     """bf16 + compile, the CPU default: one graph, the kernel in it, loss and gradients near fp32 eager."""
     config = ModelConfig(vocab_size=64, num_layers=2, model_dim=128, num_heads=2, num_kv_heads=1,
@@ -192,3 +201,36 @@ def test_unprepared_kernel_is_never_used(monkeypatch):
     q, k, v, _ = bf16_inputs(1, 256, 4, 2, 64, seed=0)
     assert not cpu_attention.usable(q.requires_grad_(), k, v)
     assert cpu_attention.unavailable_reason() is not None
+
+
+def test_the_kernels_are_opt_in_and_outside_the_training_path(monkeypatch):
+    """Off unless the extra is installed and the kernel is asked for or already built; and no module of
+    the model, the training run or scoring imports pgolf.kernels."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    import pgolf
+    from pgolf import kernels
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ninja" else real_find_spec(name, *a))
+    assert "cpu-kernels" in kernels.enable_cpu_attention(build=True)
+    monkeypatch.undo()
+    if importlib.util.find_spec("ninja") is not None and not cpu_attention.attempted():
+        monkeypatch.setattr(build, "is_built", lambda name: False)
+        assert "not built" in kernels.enable_cpu_attention(build=False)
+        assert not cpu_attention.attempted()  # nothing was compiled or loaded
+    root = Path(pgolf.__file__).parent
+    allowed = {"kernels", "commands", "bench.py", "demo.py"}
+    importers = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if relative.parts[0] in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.startswith("pgolf.kernels") for name in names):
+                importers.append(str(relative))
+    assert importers == []

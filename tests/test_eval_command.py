@@ -1,5 +1,6 @@
 """`pgolf eval`: scores an artifact like the end of training, and refuses a foreign tokenizer."""
 
+import ast
 import json
 
 import pytest
@@ -37,3 +38,22 @@ def test_a_different_tokenizer_is_refused(trained_run, tiny_dataset_dir, tmp_pat
     assert main(eval_args(run_dir, tiny_dataset_dir, "--tokenizer", str(other))) == 1
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "is not the one this artifact was trained with" in error
+
+
+@pytest.mark.slow
+def test_eval_never_loads_training_code(trained_run, tiny_dataset_dir):
+    """Scoring needs the artifact, the tokenizer and the val shards: not the optimiser, the schedule, the
+    averaging, the training loop or its build and finish."""
+    import subprocess
+    import sys
+
+    run_dir, _ = trained_run
+    probe = (f"import sys; from pgolf.cli import main; code = main({eval_args(run_dir, tiny_dataset_dir, '--json')!r}); "
+             "print(sorted(m for m in sys.modules if m.startswith('pgolf.'))); sys.exit(code)")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    loaded = set(ast.literal_eval(completed.stdout.strip().splitlines()[-1]))
+    assert "pgolf.scoring" in loaded and "pgolf.evaluate" in loaded
+    training = {"pgolf.optim", "pgolf.schedule", "pgolf.averaging", "pgolf.train", "pgolf.build", "pgolf.finish",
+                "pgolf.checkpoint", "pgolf.data.stream", "pgolf.kernels"}
+    assert not training & loaded, training & loaded

@@ -230,6 +230,7 @@ def evaluate_worker(rank: int, port: int, result_path: str) -> None:
         torch_dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_evaluate_equals_single_process(tmp_path, gloo_port):
     result_path = tmp_path / "rank1.pt"
     mp.spawn(evaluate_worker, args=(gloo_port, str(result_path)), nprocs=2, join=True)

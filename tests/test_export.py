@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pgolf.challenge_entry import DEFAULT_DATA_PATH, closing_lines, config_from_environment, run_id_from_environment
 from pgolf.cli import main as pgolf_main
 from pgolf.config import get_preset, run_config_from_dict, run_config_to_dict, run_config_to_json
 from pgolf.errors import PgolfError
-from pgolf.export import (bundled_modules, export_script, requirement_lines, resolve_export_config,
-                          self_extracting, strip_source, third_party_imports)
+from pgolf.packaging.bundle import bundled_modules, requirement_lines, third_party_imports
+from pgolf.packaging.entry import DEFAULT_DATA_PATH, closing_lines, config_from_environment, run_id_from_environment
+from pgolf.packaging.export import (export_script, exported_code_bytes, resolve_export_config, self_extracting,
+                                    strip_source)
 
 REFERENCE_CODE_BYTES = 66_133  # the PR-198 sibling run's train_gpt.py (spec §5)
 
@@ -43,7 +44,15 @@ def clean_environment(**extra: str) -> dict[str, str]:
 
 
 def embedded_config(script: Path) -> dict:
+    """CONFIG_JSON of an exported script, plain or self-extracting, read without running it."""
     tree = ast.parse(script.read_text())
+    call = getattr(tree.body[-1], "value", None)
+    if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "exec":  # exec(lzma.decompress(b85decode(..)))
+        import base64
+        import lzma
+
+        packed = call.args[0].args[0].args[0].value
+        tree = ast.parse(lzma.decompress(base64.b85decode(packed)).decode())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CONFIG_JSON":
             return json.loads(node.value.value)
@@ -53,25 +62,33 @@ def embedded_config(script: Path) -> dict:
 # ---------------------------------------------------------------- what the bundle holds
 
 
+@pytest.mark.slow
 def test_bundle_holds_every_module_the_training_path_imports():
-    probe = ("import sys, pgolf.train, pgolf.challenge_entry; "
+    probe = ("import sys, pgolf.train, pgolf.packaging.entry; "
              "print(sorted(m for m in sys.modules if m == 'pgolf' or m.startswith('pgolf.')))")
     loaded = ast.literal_eval(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                              check=True).stdout.strip())
     bundle = bundled_modules()
     assert set(loaded) <= set(bundle), set(loaded) - set(bundle)
-    assert "pgolf.train" in loaded and "pgolf.challenge_entry" in bundle
-    # command-line plumbing, plotting and downloading are not part of a training run
-    assert not {"pgolf.cli", "pgolf.plot", "pgolf.export", "pgolf.data.fetch"} & set(bundle)
+    assert "pgolf.train" in loaded and "pgolf.packaging.entry" in bundle
+    # command-line plumbing, plotting, downloading, exporting and the optional CPU kernels are not part of
+    # a training run
+    assert not {"pgolf.cli", "pgolf.plot", "pgolf.packaging.export", "pgolf.data.fetch", "pgolf.kernels",
+                "pgolf.kernels.cpu_attention"} & set(bundle)
 
 
+def packing(compact: bool) -> list[str]:
+    return ["code_packing=lzma" if compact else "code_packing=plain"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("compact", [False, True])
 def test_exported_script_serves_pgolf_only_from_itself(tmp_path, compact):
-    script = export_script("tiny", tmp_path, compact=compact)
+    script = export_script("tiny", tmp_path, overrides=packing(compact))
     probe = textwrap.dedent(f"""
         import json, runpy, sys
         runpy.run_path({str(script)!r}, run_name="bundle")
-        import pgolf, pgolf.train, pgolf.challenge_entry
+        import pgolf, pgolf.train, pgolf.packaging.entry
         try:
             import pgolf.plot
             plot = "imported"
@@ -99,6 +116,9 @@ def test_export_writes_requirements_and_config(tmp_path):
     assert not {"torch", "pgolf", "matplotlib"} & set(requirements)
     config = run_config_from_dict(embedded_config(script))
     assert config == replace(get_preset("tiny"), iterations=5)
+    assert len(script.read_text().splitlines()) == 2  # the presets count the packed script
+    plain = export_script("tiny", tmp_path / "plain", overrides=["iterations=5", "code_packing=plain"])
+    assert embedded_config(plain) == embedded_config(script) | {"code_packing": "plain"}
 
 
 def test_export_from_run_folder_drops_local_paths(tmp_path):
@@ -116,13 +136,16 @@ def test_export_from_run_folder_drops_local_paths(tmp_path):
 
 
 def test_export_command_compact_is_smaller_and_under_the_reference(tmp_path, capsys):
-    assert pgolf_main(["export", "pr198", "--out", str(tmp_path / "plain")]) == 0
+    assert pgolf_main(["export", "pr198", "--out", str(tmp_path / "plain"), "--plain"]) == 0
     assert pgolf_main(["export", "pr198", "--out", str(tmp_path / "compact"), "--compact"]) == 0
     plain = (tmp_path / "plain" / "train_gpt.py").stat().st_size
     compact = (tmp_path / "compact" / "train_gpt.py").stat().st_size
     printed = capsys.readouterr().out
-    assert f"({plain} bytes of code)" in printed and f"({compact} bytes of code, compact)" in printed
+    assert f"({plain} bytes of code)" in printed and f"({compact} bytes of code)" in printed
     assert compact < plain / 2
+    # one definition of code bytes: what `pgolf train` reports for a config is the exported script's size
+    assert exported_code_bytes(get_preset("pr198")) == compact  # the presets count the packed script
+    assert exported_code_bytes(replace(get_preset("pr198"), code_packing="plain")) == plain
     assert compact < REFERENCE_CODE_BYTES
     assert len((tmp_path / "compact" / "train_gpt.py").read_text().splitlines()) == 2
 
@@ -253,7 +276,7 @@ def run_exported(tmp_path: Path, compact: bool, launcher: list[str], dataset: Pa
     the script from its own folder, return (script, stdout)."""
     out_dir = tmp_path / ("compact" if compact else "plain")
     settings = [s for s in TINY_SETTINGS if not s.startswith(("iterations=", "seed="))] + ["iterations=50"]
-    script = export_script("tiny", out_dir, compact=compact, overrides=settings)
+    script = export_script("tiny", out_dir, overrides=settings + packing(compact))
     environment = clean_environment(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), SEED="7",
                                     ITERATIONS="3", RUN_ID=run_id, **extra_environment)
     completed = subprocess.run([*launcher, script.name], cwd=out_dir, env=environment, capture_output=True,
@@ -309,10 +332,12 @@ def test_submit_ships_the_exported_script_and_refuses_over_budget(tmp_path, trai
                        "--out", str(records)]) == 0
     submission = json.loads((records / "submission.json").read_text())
     script = records / "train_gpt.py"
-    assert submission["bytes_code"] == script.stat().st_size < REFERENCE_CODE_BYTES
+    # the run counted the code its config exports (plain here), and submit ships exactly that file
+    trained = json.loads((trained_run / "result.json").read_text())
+    assert submission["bytes_code"] == script.stat().st_size == trained["bytes_code"]
     assert submission["bytes_total"] == submission["bytes_model"] + submission["bytes_code"]
     assert (records / "requirements.txt").is_file() and list(records.glob("train_seed*.log"))
-    assert embedded_config_of_compact(script)["data_dir"] == ""
+    assert embedded_config(script)["data_dir"] == ""
 
     heavy = tmp_path / "heavy_run"
     shutil.copytree(trained_run, heavy)
@@ -324,17 +349,3 @@ def test_submit_ships_the_exported_script_and_refuses_over_budget(tmp_path, trai
                        "--out", str(tmp_path / "heavy_records")]) == 1
     assert "over budget" in capsys.readouterr().err
     assert not (tmp_path / "heavy_records" / "submission.json").exists()
-
-
-def embedded_config_of_compact(script: Path) -> dict:
-    """CONFIG_JSON of a self-extracting script, read without running it."""
-    import base64
-    import lzma
-
-    call = ast.parse(script.read_text()).body[-1].value  # exec(lzma.decompress(base64.b85decode('...')))
-    packed = call.args[0].args[0].args[0].value
-    inner = lzma.decompress(base64.b85decode(packed)).decode()
-    for node in ast.parse(inner).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CONFIG_JSON":
-            return json.loads(node.value.value)
-    raise AssertionError("no CONFIG_JSON")

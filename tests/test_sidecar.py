@@ -272,17 +272,12 @@ def test_tokenizer_without_a_space_piece(tiny_tokenizer_path, tmp_path):
 # ---------------------------------------------------------------- a run's evaluation
 
 
-RUN_SETTINGS = ["vocab_size=384", "num_layers=1", "model_dim=32", "num_heads=2", "num_kv_heads=1",
-                "bigram_buckets=16", "bigram_dim=8", "rope_reference_len=32", "train_seq_len=32",
-                "global_batch_tokens=64", "micro_batch_tokens=64", "eval_seq_len=32", "eval_batch_seqs=8",
-                "val_max_tokens=0", "autocast_dtype=fp32", "compile=off"]
-
-
-def test_a_run_scores_with_the_sidecar(tiny_documents, tiny_tokenizer_path, tmp_path):
-    """`prepare` opens the sidecar and drops the tables; `validate` divides by the sidecar: doubling every
-    count halves bpb, and without a sidecar the LUT gives the same bpb (this text survives normalisation)."""
-    from pgolf.assemble import build_trainer, prepare, validate
+def test_scoring_uses_the_sidecar(tiny_documents, tiny_tokenizer_path, tmp_path):
+    """`scoring.load_val_data` opens the sidecar and drops the tables; `score` divides by the sidecar: doubling
+    every count halves bpb, and without a sidecar the LUT gives the same bpb (this text survives normalisation)."""
+    from pgolf.build import load_run_data
     from pgolf.config import apply_overrides, tiny
+    from pgolf.scoring import load_val_data, score
 
     corpus = write_jsonl(tmp_path / "c.jsonl", tiny_documents[:120])
     with_sidecar = build_dataset([corpus], tmp_path / "sidecar", tokenizer=tiny_tokenizer_path, val_docs=20,
@@ -297,20 +292,24 @@ def test_a_run_scores_with_the_sidecar(tiny_documents, tiny_tokenizer_path, tmp_
     manifest["datasets"][0]["stats"]["bytes_val"] *= 2
     (doubled / "manifest.json").write_text(json.dumps(manifest))
 
+    model = _Bigram(load_sentencepiece(tiny_tokenizer_path).get_piece_size())
     results = {}
     for name, dataset in (("sidecar", with_sidecar), ("plain", plain), ("doubled", doubled)):
-        config = apply_overrides(tiny(), RUN_SETTINGS + [f"data_dir={dataset}"])
-        run = prepare(config)
-        assert (run.tables is None) == (run.val_bytes is not None) == (name != "plain")
-        if run.val_bytes is not None:
-            assert run.val_bytes.shape == run.val_tokens.shape
-        trainer = build_trainer(config, DistInfo(), run, quiet=True)
-        results[name] = validate(trainer, run)
+        val = load_val_data(dataset, 32)
+        assert (val.tables is None) == (val.val_bytes is not None) == (name != "plain")
+        if val.val_bytes is not None:
+            assert val.val_bytes.shape == val.tokens.shape
+        results[name] = score(model, val, 32, 8, 8, DistInfo(), None, show_progress=False)
     assert results["sidecar"]["val_loss"] == results["plain"]["val_loss"] == results["doubled"]["val_loss"]
     assert results["sidecar"]["val_bytes_scored"] == results["plain"]["val_bytes_scored"]
     assert results["sidecar"]["val_bpb"] == pytest.approx(results["plain"]["val_bpb"], rel=1e-12)
     assert results["doubled"]["val_bytes_scored"] == 2 * results["sidecar"]["val_bytes_scored"]
     assert results["doubled"]["val_bpb"] == pytest.approx(results["sidecar"]["val_bpb"] / 2, rel=1e-12)
+    # a training run opens its data the same way
+    config = apply_overrides(tiny(), ["vocab_size=384", f"data_dir={doubled}"])
+    run = load_run_data(config)
+    assert run.val.tables is None
+    assert torch.equal(run.val.val_bytes, 2 * load_val_data(with_sidecar, config.eval_seq_len).val_bytes)
 
 
 def test_demo_builds_a_caseops_dataset(tmp_path, monkeypatch):

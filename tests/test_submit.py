@@ -8,7 +8,7 @@ import pytest
 from pgolf.cli import main
 from pgolf.config import run_config_to_dict, tiny
 from pgolf.errors import PgolfError
-from pgolf.submit import write_submission
+from pgolf.packaging.submit import write_submission
 
 
 def fake_run(folder, seed, val_bpb, bytes_model=1_000_000, bytes_code=50_000, **config_changes):

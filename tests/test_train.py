@@ -92,6 +92,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_d
     assert meta["step"] == 4
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_accumulation(tiny_dataset_dir, tmp_path):
     settings = TEST_SETTINGS + [f"data_dir={tiny_dataset_dir}", "micro_batch_tokens=128", "iterations=4",
                                 "val_every=0", "warmup_steps=0"]
@@ -158,7 +159,7 @@ def test_the_cpu_memory_warning_reaches_the_run_log(tiny_dataset_dir, tmp_path):
 
 
 def test_a_cpu_micro_step_too_large_for_memory_is_warned_with_a_setting_that_fits():
-    from pgolf.assemble import CPU_MICRO_TOKENS, cpu_memory_warning
+    from pgolf.build import CPU_MICRO_TOKENS, cpu_memory_warning
     from pgolf.config import pr198
 
     warning = cpu_memory_warning(pr198(), torch.device("cpu"))  # 48 x 2048 tokens per micro-step
@@ -171,11 +172,15 @@ def test_a_cpu_micro_step_too_large_for_memory_is_warned_with_a_setting_that_fit
 
 
 def test_a_config_predicted_over_budget_is_warned_before_training():
-    from pgolf.assemble import budget_warning
+    from pgolf.build import budget_warning
     from pgolf.config import pr198
+    from pgolf.train import code_bytes, predicted_artifact_bytes
 
-    assert budget_warning(pr198(), 66_133) is None  # the record's recipe fits (15.7 MB in the reference)
-    warning = budget_warning(apply_overrides(pr198(), ["num_layers=14"]), 66_133)
+    def total(config):
+        return predicted_artifact_bytes(config) + code_bytes(config, None)
+
+    assert budget_warning(total(pr198())) is None  # the record's recipe fits (15.7 MB in the reference)
+    warning = budget_warning(total(apply_overrides(pr198(), ["num_layers=14"])))
     assert warning.startswith("warning: predicted artifact") and "16,000,000-byte budget" in warning
 
 
@@ -210,3 +215,51 @@ def test_a_training_step_asks_no_tensor_for_a_python_value(tmp_path, monkeypatch
     monkeypatch.undo()
     assert calls == []
     assert all(loss.dim() == 0 and math.isfinite(loss.item()) for loss in losses)
+
+
+def test_the_clock_counts_the_whole_loop_but_validation(tiny_dataset_dir, tmp_path, monkeypatch):
+    """Spec pr198 §4: steps, averaging, the stop check and logging count; validation passes do not.
+    A fake clock advances 1 s per step, 0.25 s per log line and 100 s per validation."""
+    now = [0.0]
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: now[0])
+    real_step, real_validate = train_module.train_step, train_module.validate
+    log_lines = []
+
+    def step(trainer):
+        now[0] += 1.0
+        return real_step(trainer)
+
+    def validate(trainer, data):
+        now[0] += 100.0
+        return real_validate(trainer, data)
+
+    real_fields = train_module.RunLog.fields
+
+    def fields(self, **values):
+        if "train_loss" in values:  # a log line of the loop
+            now[0] += 0.25
+            log_lines.append(values["step"])
+        return real_fields(self, **values)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    monkeypatch.setattr(train_module, "validate", validate)
+    monkeypatch.setattr(train_module.RunLog, "fields", fields)
+    config = small_config(tiny_dataset_dir, "iterations=6", "val_every=2", "log_every=3", "warmup_steps=0")
+    result = run_training(config, tmp_path / "run", quiet=True)
+    assert len(log_lines) == 2  # steps 3 and 6
+    assert result["train_seconds"] == pytest.approx(6 * 1.0 + 2 * 0.25)
+
+
+def test_reported_numbers_follow_the_reference(tiny_dataset_dir, tmp_path):
+    """prequant: the live weights at the last step; averaged: after SWA; both before quantisation."""
+    import hashlib
+
+    result = run_training(small_config(tiny_dataset_dir, "iterations=8", "val_every=0", "swa_every=1",
+                                       "warmdown_steps=8"),
+                          tmp_path / "run", quiet=True)
+    assert result["swa_checkpoints"] >= 2
+    assert result["val_bpb_averaged"] != result["val_bpb_prequant"]
+    assert result["artifact_sha256"] == hashlib.sha256((tmp_path / "run" / "model.pgolf").read_bytes()).hexdigest()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"averaged_snapshots:{result['swa_checkpoints']}" in log
+    assert "stage:prequant_plain" in log and "stage:averaged_plain" in log

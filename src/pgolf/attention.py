@@ -19,8 +19,10 @@ dtype is bf16 or fp16 (FA3 has no fp32 kernels). Everything else goes through
 `torch.nn.functional.scaled_dot_product_attention`.
 
 A CPU training kernel can be registered from outside this file (`register_cpu_training_kernel`;
-`pgolf.kernels.cpu_attention.prepare()` registers pgolf's AMX kernels). It is asked first for
-inputs without document ids; evaluation never needs it, so it stays out of the counted code.
+the optional `pgolf.kernels` package registers pgolf's AMX kernels when a command asks for them).
+It is asked first for inputs without document ids; nothing in pgolf imports it here, so the
+model and the exported script know nothing of it. `select_backend` is the one place that
+chooses among the three.
 
 On CPU, bf16/fp16 inputs with head_dim below `CPU_LOW_PRECISION_MIN_HEAD_DIM`
 are attended in fp32 and the result cast back: PyTorch's CPU flash kernel is
@@ -84,14 +86,23 @@ def attention_backend_name(device: torch.device | str) -> str:
     return "sdpa"
 
 
+def select_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, document_ids: torch.Tensor | None) -> str:
+    """"fa3" (bf16/fp16 on Hopper with the wheel), "cpu-kernel" (a registered CPU training kernel that
+    takes these tensors, no document ids), else "sdpa"."""
+    if q.dtype in (torch.bfloat16, torch.float16) and _fa3_available_on(q.device):
+        return "fa3"
+    if document_ids is None and _cpu_training_kernel is not None and _cpu_training_kernel[0](q, k, v):
+        return "cpu-kernel"
+    return "sdpa"
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Causal (optionally per-document) GQA attention; shapes in the module docstring."""
-    if q.dtype in (torch.bfloat16, torch.float16) and _fa3_available_on(q.device):
-        if document_ids is None:
-            return _fa3_dense(q, k, v)
-        return _fa3_documents(q, k, v, document_ids)
-    if document_ids is None and _cpu_training_kernel is not None and _cpu_training_kernel[0](q, k, v):
+    backend = select_backend(q, k, v, document_ids)
+    if backend == "fa3":
+        return _fa3_dense(q, k, v) if document_ids is None else _fa3_documents(q, k, v, document_ids)
+    if backend == "cpu-kernel":
         return _cpu_training_kernel[1](q, k, v)
     return _sdpa(q, k, v, document_ids)
 

@@ -1,7 +1,7 @@
 """Speed measurement: matmul peak, timed training steps, timed sliding-window evaluation.
 
 What is timed is what `pgolf train` and `pgolf eval` run: a `Trainer` from
-`assemble.build_trainer` stepping `train.train_step` over a temporary shard
+`train.build_trainer` stepping `train.train_step` over a temporary shard
 of random tokens, and `evaluate.evaluate` over random validation tokens.
 Utilisation is against the peak of one large matrix product of the same
 dtype, timed in the same process (`matmul_peak`; for bf16 training also between
@@ -11,7 +11,7 @@ throttled machine lowers both sides. FLOP counts come from `pgolf.flops`.
 A "variant" is a precision/compilation choice: fp32 eager, bf16 autocast
 eager, bf16 autocast compiled (and fp32 compiled). On CPU the fastest one
 measured is recorded in `CPU_TRAINING_DEFAULT` (see docs/performance.md);
-`pgolf.assemble` follows it when `autocast_dtype` and `compile` are "auto".
+`pgolf.runtime` follows it when `autocast_dtype` and `compile` are "auto".
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pgolf.challenge import OFFICIAL_SP1024_VAL_TARGETS
 from pgolf import flops
-from pgolf.assemble import CPU_MICRO_TOKENS
+from pgolf.build import CPU_MICRO_TOKENS
 from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
@@ -75,7 +76,7 @@ CPU_TRAINING_DEFAULT = VARIANTS["bf16+compile"]
 
 def default_micro_batch(config: RunConfig, seq_len: int, device: torch.device) -> tuple[int, str | None]:
     """Sequences of `seq_len` tokens per micro-step when none is asked for: the preset's number of
-    sequences, except on CPU where the micro-step is capped at `assemble.CPU_MICRO_TOKENS` (pr198's GPU
+    sequences, except on CPU where the micro-step is capped at `build.CPU_MICRO_TOKENS` (pr198's GPU
     micro-step, 48 x 2048, does not fit a CPU's memory; 4 x 2048 was also its fastest on CPU,
     docs/performance.md; tiny's 32 x 256 is that size). Returns (sequences, a note saying so when
     capped, else None)."""
@@ -198,12 +199,10 @@ def bench_run_config(config: RunConfig, variant: Variant, micro_batch: int, seq_
 
 
 def build_bench_trainer(config: RunConfig, device: torch.device, shard: Path):
-    """`assemble.build_trainer` over one synthetic shard; nothing else of a dataset is needed to train."""
-    from pgolf.assemble import RunData, build_trainer
+    """`train.build_trainer` over one synthetic shard; nothing else of a dataset is needed to train."""
+    from pgolf.train import build_trainer
 
-    run = RunData(dataset_dir=shard.parent, tokenizer_path=Path(), tokenizer_sha256="", tables=None,
-                  val_tokens=torch.zeros(0, dtype=torch.int64), train_files=[shard])
-    return build_trainer(config, DistInfo(device=device), run, quiet=True)
+    return build_trainer(config, DistInfo(device=device), [shard])
 
 
 @dataclass
@@ -320,7 +319,7 @@ class EvalMeasurement:
     def scored_tokens_per_second(self) -> float:
         """Targets scored per second over the whole official split (the first window's extra
         targets would flatter a short measurement, so this is derived from the prediction)."""
-        return flops.OFFICIAL_VAL_TARGETS / self.full_val_seconds
+        return OFFICIAL_SP1024_VAL_TARGETS / self.full_val_seconds
 
 
 def uniform_byte_tables(vocab_size: int):
@@ -352,7 +351,7 @@ def measure_eval(model: torch.nn.Module, config: RunConfig, device: torch.device
     result = evaluate(model, tokens_for(num_windows), tables, seq_len, stride, batch_seqs, dist, autocast_dtype)
     positions = num_windows * seq_len
     rate = positions / result.seconds
-    full_positions = flops.sliding_positions(flops.OFFICIAL_VAL_TARGETS, seq_len, stride)
+    full_positions = flops.sliding_positions(OFFICIAL_SP1024_VAL_TARGETS, seq_len, stride)
     return EvalMeasurement(windows=num_windows, positions=positions, scored_tokens=result.tokens,
                            seconds=result.seconds, full_val_seconds=full_positions / rate)
 

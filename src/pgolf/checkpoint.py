@@ -64,16 +64,23 @@ def _fsync_file(path: Path) -> None:
 
 
 def write_rank_state(run_dir: Path, rank: int, optimizer_states: list[dict], shared: dict | None) -> None:
-    """Write this rank's part into `checkpoint.partial/` (rank 0 also writes the shared state)."""
+    """Write this rank's part into `checkpoint.partial/` (rank 0 also writes the shared state). A write
+    that fails (a full disk) removes the partial folder and is one line; the last checkpoint stays."""
     partial = Path(run_dir) / PARTIAL
-    partial.mkdir(parents=True, exist_ok=True)
-    optim_path = partial / f"optim_rank{rank}.pt"
-    torch.save(optimizer_states, optim_path)
-    _fsync_file(optim_path)
-    if shared is not None:
-        state_path = partial / "state.pt"
-        torch.save(shared, state_path)
-        _fsync_file(state_path)
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        optim_path = partial / f"optim_rank{rank}.pt"
+        torch.save(optimizer_states, optim_path)
+        _fsync_file(optim_path)
+        if shared is not None:
+            state_path = partial / "state.pt"
+            torch.save(shared, state_path)
+            _fsync_file(state_path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
+        clear_partial(run_dir)
+        kept = find_checkpoint(run_dir)
+        raise PgolfError(f"writing a checkpoint in {partial} failed ({str(error).strip().splitlines()[0]}); "
+                         + (f"the last one ({kept.name}/) is kept" if kept else "no earlier checkpoint")) from None
 
 
 def publish(run_dir: Path, step: int, world_size: int) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgolf.accounting import BUDGET_BYTES
+from pgolf.challenge import BUDGET_BYTES
 from pgolf.config import RunConfig, tiny
 from pgolf.data.build import build_dataset
 from pgolf.data.stdlib_corpus import iter_stdlib_documents, split_documents, write_jsonl
@@ -82,6 +82,7 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 def run_demo(out_dir: Path, minutes: float = 3.0, steps: int | None = None, quiet: bool = False,
              log=print) -> dict[str, Any]:
+    from pgolf.kernels import enable_cpu_attention
     from pgolf.train import run_training
 
     started = time.perf_counter()
@@ -91,6 +92,7 @@ def run_demo(out_dir: Path, minutes: float = 3.0, steps: int | None = None, quie
     run_dir = out_dir / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo owns this folder; a rerun starts clean
+    enable_cpu_attention()  # pgolf's CPU attention kernels if this machine has them built
     result = run_training(demo_config(dataset_dir, minutes, steps), run_dir, quiet=quiet)
     wall = time.perf_counter() - started
     table = format_table(summary_rows(result, corpus, wall, run_dir, result["machine"]))

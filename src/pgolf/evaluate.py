@@ -33,7 +33,7 @@ from torch import nn
 
 from pgolf.distributed import DistInfo, all_reduce_sum
 from pgolf.errors import PgolfError
-from pgolf.metric import bits_per_byte, count_bytes, sidecar_bytes
+from pgolf.metric import ByteTables, bits_per_byte, count_bytes, sidecar_bytes
 
 
 @dataclass
@@ -97,17 +97,8 @@ def _as_token_tensor(val_tokens) -> torch.Tensor:
     return tokens
 
 
-def _byte_lookups(tables, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    base_bytes = torch.as_tensor(np.asarray(tables.base_bytes), dtype=torch.int64, device=device)
-    has_leading_space = torch.as_tensor(np.asarray(tables.has_leading_space), dtype=torch.bool, device=device)
-    is_boundary = torch.as_tensor(np.asarray(tables.is_boundary), dtype=torch.bool, device=device)
-    if not base_bytes.shape == has_leading_space.shape == is_boundary.shape:
-        raise PgolfError("byte tables base_bytes, has_leading_space and is_boundary differ in length")
-    return base_bytes, has_leading_space, is_boundary
-
-
-def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, batch_seqs: int, dist: DistInfo,
-             autocast_dtype: torch.dtype | None = None,
+def evaluate(model: nn.Module, val_tokens, tables: ByteTables | None, seq_len: int, stride: int, batch_seqs: int,
+             dist: DistInfo, autocast_dtype: torch.dtype | None = None,
              progress: Callable[[int, int], None] | None = None, val_bytes=None) -> EvalResult:
     """Score every target of `val_tokens` once; `model(input_ids)` must return logits (B, T, V).
 
@@ -131,11 +122,9 @@ def evaluate(model: nn.Module, val_tokens, tables, seq_len: int, stride: int, ba
         split_bytes = _as_token_tensor(val_bytes).to(device)
         if split_bytes.numel() != tokens.numel():
             raise PgolfError(f"byte sidecar has {split_bytes.numel():,} values for {tokens.numel():,} val tokens")
-    else:
-        base_bytes, _, _ = _byte_lookups(tables, device)
-        if int(tokens.max()) >= base_bytes.numel():
-            raise PgolfError(f"validation token id {int(tokens.max())} is outside the byte tables "
-                             f"({base_bytes.numel()} entries); tokenizer and data do not match")
+    elif int(tokens.max()) >= tables.vocab_size:
+        raise PgolfError(f"validation token id {int(tokens.max())} is outside the byte tables "
+                         f"({tables.vocab_size} entries); tokenizer and data do not match")
     tokens = tokens.to(device)
     windows = sliding_windows(num_targets, seq_len, stride)
     local_windows = windows[dist.rank::dist.world_size]

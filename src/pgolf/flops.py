@@ -25,10 +25,8 @@ import math
 
 from torch import nn
 
-from pgolf.config import ModelConfig
 
-# Size of the official validation split after cutting it to a multiple of 2048 plus one token.
-OFFICIAL_VAL_TARGETS = 62_021_632
+from pgolf.config import ModelConfig
 
 
 def block_matrix_parameters(config: ModelConfig) -> int:

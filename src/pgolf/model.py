@@ -16,10 +16,14 @@ small test/tiny configs, e.g. a 32-wide bigram) keeps PyTorch's default
 Kaiming-uniform init; the bigram projection is still scaled so its relative
 size does not depend on which init it got.
 
-Precision: linear weights are fp32 parameters cast to the activation dtype at
-use (`CastedLinear`), so under bf16 autocast every matmul runs in bf16; the
-control tensors (scales, gates, mixes, skip weights, q gains) are fp32; the
-residual stream stays fp32; logits and the loss are fp32.
+Precision (spec section 3): linear weights are fp32 parameters cast to the
+activation dtype at use (`CastedLinear`), so under bf16 autocast every matmul
+runs in bf16; the control tensors (scales, gates, mixes, skip weights, q gains)
+are fp32; the embedding tables (token embedding, bigram table) are stored in
+`embedding_dtype`: bf16 in the reference, which casts the whole model to bf16
+and restores only the linear weights and the tensors of fewer than 2
+dimensions. The residual stream starts in the embedding's dtype (control
+tensors are cast to it); logits and the loss are fp32.
 
 With `document_isolation`, each position holding `bos_id` starts a new
 document: attention is block-diagonal causal, and SmearGate and BigramHash do
@@ -43,6 +47,7 @@ from pgolf.config import ModelConfig
 BIGRAM_CUR_MULTIPLIER = 36313
 BIGRAM_PREV_MULTIPLIER = 27191
 ORTHOGONAL_MIN_DIM = 64
+EMBEDDING_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +232,11 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.rotary = Rotary(config.head_dim, config.rope_base, config.rope_reference_len)
         self._init_weights()
+        # initialised in fp32, then cast, as the reference casts its initialised model
+        embedding_dtype = EMBEDDING_DTYPES[config.embedding_dtype]
+        self.tok_emb.to(embedding_dtype)
+        if self.bigram is not None:
+            self.bigram.table.to(embedding_dtype)
 
     @torch.no_grad()
     def _init_weights(self) -> None:

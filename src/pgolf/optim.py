@@ -169,7 +169,7 @@ class Muon(torch.optim.Optimizer):
     With `batch_by_shape`, matrices of the same shape are orthogonalised as one (n, rows, cols)
     batch; a shape held by one matrix only takes the 2-D path (bit-identical to torch.optim.Muon's
     iteration). None means: batch on CUDA (fewer kernel launches), not on CPU, where batching
-    gave no consistent gain for pr198's 67 matrices (`benchmarks/cpu_muon_batching.py`,
+    gave no consistent gain for pr198's 67 matrices (`benchmarks/cpu/cpu_muon_batching.py`,
     docs/performance.md).
     """
 

@@ -1,4 +1,5 @@
-"""A run's written record: the human log, metrics.jsonl, config.json, result.json.
+"""A run's written record: the human log, metrics.jsonl, config.json, result.json; and the rule
+that a run folder holds one run.
 
 Only rank 0 writes. Log lines are grep-able `key:value` pairs; the log opens
 with a header (resolved config, versions, device, source hash) and closes
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any, TextIO
 import torch
 
 import pgolf
+from pgolf.config import RunConfig, run_config_to_json
+from pgolf.errors import PgolfError
 
 
 def source_hash() -> str:
@@ -102,3 +106,44 @@ class RunLog:
             if handle is not None:
                 handle.close()
         self._log = self._metrics = None
+
+
+def config_sha256(config: RunConfig) -> str:
+    """sha256 of the resolved config as saved in config.json: which recipe a run folder holds."""
+    return hashlib.sha256(run_config_to_json(config).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- a run folder holds one run
+
+# What a run writes into its folder (checkpoint folders included); `--overwrite` removes only these.
+RUN_FILES = ("config.json", "train.log", "metrics.jsonl", "result.json", "model.pgolf", "curves.png",
+             "weights.safetensors", "checkpoint", "checkpoint.partial", "checkpoint.previous")
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Make `run_dir` ready for a new run: it must be empty, or hold only a run's files and `overwrite`
+    be given (they are removed). Never removes a file a run does not write."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise PgolfError(f"{run_dir} is a file, not a run folder")
+    present = sorted(entry.name for entry in run_dir.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        what = "a finished run" if "result.json" in present else "another run's files"
+        raise PgolfError(f"{run_dir} already holds {what} ({', '.join(present[:4])}); choose another --out, "
+                         "--resume it, or pass --overwrite")
+    foreign = [name for name in present if name not in RUN_FILES]
+    if foreign:
+        raise PgolfError(f"{run_dir} holds files a run does not write ({', '.join(foreign[:4])}); "
+                         "--overwrite only replaces a run's own files")
+    for name in present:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` finished: its result.json is the last file a run writes."""
+    return (Path(run_dir) / "result.json").is_file()

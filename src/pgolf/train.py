@@ -1,10 +1,14 @@
-"""The training run: build everything, loop over `train_step`, then score what we ship.
+"""The training run, start to end: `run_training` tells the story.
 
-`run_training(config, run_dir)` reads as the story of a run:
-build the model, optimisers, data stream and averager; run and undo the
-compile warm-up; train until the step budget or the wall-clock cap; average
-the weights (SWA); evaluate; quantise and write the artifact; read it back
-and score it with sliding-window evaluation; write `result.json`.
+build (config -> data -> model -> optimisers; `pgolf.build`) -> compile
+warm-up, undone -> `train_loop` over `train_step` until the step budget or the
+wall clock -> finish (average, quantise, write, read back, score what we ship;
+`pgolf.finish`). This module owns the run: the modules it calls never call
+back into it.
+
+The clock (spec pr198 §4): the whole loop counts towards `max_wallclock_seconds`
+(steps, weight-average snapshots, the stop check, logging), except validation
+passes and checkpoint writes.
 """
 
 from __future__ import annotations
@@ -13,26 +17,67 @@ import contextlib
 import copy
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pgolf import accounting, checkpoint
+from pgolf import build, checkpoint, finish
+from pgolf.averaging import WeightAverager
 from pgolf.config import RunConfig, run_config_to_dict, run_config_to_json
+from pgolf.data.stream import TokenStream, rank_batch
 from pgolf.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from pgolf.errors import PgolfError
-from pgolf.optim import set_learning_rate, set_muon_momentum
-from pgolf.runlog import RunLog, write_json_atomic
+from pgolf.model import GPT
+from pgolf.optim import build_optimizers, set_learning_rate, set_muon_momentum
+from pgolf.packaging.size import predict_model_bytes
+from pgolf.quant import get_scheme
+from pgolf.runlog import RunLog, config_sha256, write_json_atomic
+from pgolf.runtime import autocast_context, autocast_dtype
 from pgolf.schedule import lr_multiplier, muon_momentum
-from pgolf.data.stream import rank_batch
-from pgolf import assemble, finalize
-from pgolf.assemble import Trainer, TrainState
+from pgolf.scoring import score
 
 
 class NonFiniteLossError(PgolfError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    train_seconds: float = 0.0  # the clock: the loop minus validation and checkpoints (module docstring)
+    train_tokens: int = 0
+
+
+@dataclass
+class Trainer:
+    """Everything one optimiser step touches."""
+
+    config: RunConfig
+    dist: DistInfo
+    base_model: GPT
+    model: torch.nn.Module  # compiled and/or DDP-wrapped view of base_model
+    optimizers: list
+    stream: TokenStream
+    averager: WeightAverager
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    grad_accum_steps: int
+    state: TrainState = field(default_factory=TrainState)
+
+
+def build_trainer(config: RunConfig, dist: DistInfo, train_files: list[Path]) -> Trainer:
+    """Model (seeded), optimisers, token stream and weight averager for this config."""
+    base_model, model = build.build_model(config, dist)
+    return Trainer(
+        config=config, dist=dist, base_model=base_model, model=model,
+        optimizers=build_optimizers(base_model, config, dist),
+        stream=TokenStream(train_files),
+        averager=WeightAverager(config),
+        autocast=autocast_context(autocast_dtype(config.autocast_dtype), dist.device),
+        grad_accum_steps=config.grad_accum_steps(dist.world_size),
+    )
 
 
 # ---------------------------------------------------------------- one step
@@ -42,11 +87,10 @@ def train_step(trainer: Trainer) -> torch.Tensor:
     """Forward/backward over the accumulation micro-steps, clip, optimiser step. Returns the mean loss
     (a 0-dim tensor on the device, not synchronised)."""
     config, dist = trainer.config, trainer.dist
-    local_tokens = config.micro_batch_tokens
     total_loss = torch.zeros((), device=dist.device, dtype=torch.float32)
     for micro_step in range(trainer.grad_accum_steps):
-        inputs, targets = rank_batch(trainer.stream, local_tokens * dist.world_size, config.train_seq_len,
-                                     dist.rank, dist.world_size)
+        inputs, targets = rank_batch(trainer.stream, config.micro_batch_tokens * dist.world_size,
+                                     config.train_seq_len, dist.rank, dist.world_size)
         if dist.device.type == "cuda":  # page-locked, so the copies below really run asynchronously
             inputs, targets = inputs.pin_memory(), targets.pin_memory()
         inputs = inputs.to(dist.device, non_blocking=True)
@@ -117,6 +161,9 @@ def save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
 
 def restore_checkpoint(trainer: Trainer, run_dir: Path) -> None:
     shared, optimizer_states = checkpoint.load_checkpoint(run_dir, trainer.dist.rank, trainer.dist.world_size)
+    if shared.get("config") != run_config_to_dict(trainer.config):
+        raise PgolfError(f"the checkpoint in {run_dir} was written by another config than its config.json; "
+                         "refusing to resume a different run")
     trainer.base_model.load_state_dict(shared["model"])
     for optimizer, state in zip(trainer.optimizers, optimizer_states):
         optimizer.load_state_dict(state)
@@ -130,36 +177,42 @@ def restore_checkpoint(trainer: Trainer, run_dir: Path) -> None:
 # ---------------------------------------------------------------- the loop
 
 
-def should_stop_for_time(trainer: Trainer) -> bool:
-    cap = trainer.config.max_wallclock_seconds
+def should_stop_for_time(config: RunConfig, elapsed_seconds: float, dist: DistInfo) -> bool:
+    cap = config.max_wallclock_seconds
     if cap <= 0:
         return False
-    reached = torch.tensor(float(trainer.state.train_seconds >= cap), device=trainer.dist.device)
+    reached = torch.tensor(float(elapsed_seconds >= cap), device=dist.device)
     # every rank must agree, or one would wait forever in the next all-reduce
-    return all_reduce_sum(reached, trainer.dist).item() > 0
+    return all_reduce_sum(reached, dist).item() > 0
 
 
-def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Callable[[int], dict],
-               progress, halt_at_step: int | None = None) -> None:
+def validate(trainer: Trainer, data: build.RunData) -> dict[str, float]:
+    """Plain evaluation of the live weights on the val split's prefix (`val_max_tokens`)."""
+    config = trainer.config
+    return score(build.evaluation_model(trainer.model), data.val, config.eval_seq_len, config.eval_seq_len,
+                 config.eval_batch_seqs, trainer.dist, autocast_dtype(config.autocast_dtype),
+                 max_tokens=config.val_max_tokens, show_progress=False)
+
+
+def train_loop(trainer: Trainer, data: build.RunData, run_dir: Path | None, log: RunLog, progress,
+               halt_at_step: int | None = None) -> None:
     config, dist, state = trainer.config, trainer.dist, trainer.state
-    tokens_per_step = config.global_batch_tokens
     last_log_time, last_log_tokens = state.train_seconds, state.train_tokens
     synchronize = torch.cuda.synchronize if dist.device.type == "cuda" else (lambda: None)
-    stop_for_time = should_stop_for_time(trainer)
+    stop_for_time = should_stop_for_time(config, state.train_seconds, dist)
     while state.step < config.iterations and not stop_for_time:
+        synchronize()
+        started = time.perf_counter()  # the clock runs from here to the end of the logging below
         multiplier = lr_multiplier(state.step, state.train_seconds, config)
         set_learning_rate(trainer.optimizers, multiplier)
         set_muon_momentum(trainer.optimizers, muon_momentum(state.step, config))
-        synchronize()
-        started = time.perf_counter()
         loss = train_step(trainer)
-        synchronize()
-        step_seconds = time.perf_counter() - started
-        state.train_seconds += step_seconds
         state.step += 1
-        state.train_tokens += tokens_per_step
+        state.train_tokens += config.global_batch_tokens
         trainer.averager.maybe_add(trainer.base_model, state.step, multiplier)
-        stop_for_time = should_stop_for_time(trainer)  # a collective: every rank decides alike
+        synchronize()
+        # a collective: every rank decides alike
+        stop_for_time = should_stop_for_time(config, state.train_seconds + time.perf_counter() - started, dist)
 
         is_last_step = stop_for_time or state.step == config.iterations
         is_log_step = state.step % config.log_every == 0 or is_last_step
@@ -170,24 +223,24 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"loss became {loss_value} at step {state.step}; stopping"
-                    + (f" (last good checkpoint kept in {run_dir})" if run_dir and config.checkpoint_every else "")
-                )
-            seconds = max(state.train_seconds - last_log_time, 1e-9)
+                    + (f" (last good checkpoint kept in {run_dir})" if run_dir and config.checkpoint_every else ""))
+            seconds = max(state.train_seconds + time.perf_counter() - started - last_log_time, 1e-9)
             tokens_per_second = (state.train_tokens - last_log_tokens) / seconds
-            last_log_time, last_log_tokens = state.train_seconds, state.train_tokens
-            record = {"step": state.step, "train_loss": loss_value, "lr_mult": multiplier,
-                      "tokens_per_second": tokens_per_second, "train_tokens": state.train_tokens,
-                      "elapsed_seconds": state.train_seconds}
-            log.metrics(record)
+            last_log_time, last_log_tokens = state.train_seconds + time.perf_counter() - started, state.train_tokens
+            log.metrics({"step": state.step, "train_loss": loss_value, "lr_mult": multiplier,
+                         "tokens_per_second": tokens_per_second, "train_tokens": state.train_tokens,
+                         "elapsed_seconds": state.train_seconds})
             if progress is not None:
                 progress.set_postfix({"loss": f"{loss_value:.4f}", "tok/s": f"{tokens_per_second:,.0f}"})
             if is_log_step:
                 log.fields(step=f"{state.step}/{config.iterations}", train_loss=loss_value, lr_mult=multiplier,
                            train_time=f"{state.train_seconds:.1f}s", tokens_per_second=round(tokens_per_second))
+        iteration_seconds = time.perf_counter() - started
+        state.train_seconds += iteration_seconds
         if progress is not None:  # the bar counts seconds when the wall clock ends the run
-            progress.update(step_seconds if config.max_wallclock_seconds > 0 else 1)
+            progress.update(iteration_seconds if config.max_wallclock_seconds > 0 else 1)
         if config.val_every > 0 and state.step % config.val_every == 0 and not is_last_step:
-            result = validate(state.step)
+            result = validate(trainer, data)
             log.metrics({"step": state.step, "train_tokens": state.train_tokens, **result})
             log.fields(step=state.step, **result)
         if is_checkpoint_step:
@@ -196,19 +249,46 @@ def train_loop(trainer: Trainer, run_dir: Path | None, log: RunLog, validate: Ca
             return  # simulate a crash right here (tests of resume)
 
 
+def training_progress(config: RunConfig, state: TrainState, dist: DistInfo, quiet: bool):
+    """A bar over steps, or over training seconds when the wall clock ends the run (ETA that means it)."""
+    from pgolf.progress import progress_bar
+
+    if not dist.is_main or quiet:
+        return None
+    if config.max_wallclock_seconds > 0:
+        bar = progress_bar(total=round(config.max_wallclock_seconds), desc="train", unit="s")
+        bar.update(state.train_seconds)
+    else:
+        bar = progress_bar(total=config.iterations, desc="train", unit="step")
+        bar.update(state.step)
+    return bar
+
+
+# ---------------------------------------------------------------- the story
+
+
 def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, quiet: bool = False,
                  halt_at_step: int | None = None, code_path: Path | None = None) -> dict[str, Any]:
     """Train, average, quantise, round-trip and score. Returns the result dict (also `result.json`).
 
-    `code_path`: the single file whose bytes count as the code size (an exported train_gpt.py);
-    by default the package files listed in `pgolf.accounting` are counted.
+    `code_path`: the single file whose bytes count as the code size (an exported train_gpt.py runs with
+    its own path); by default the `train_gpt.py` that `pgolf export` would write for this config.
     `halt_at_step`: stop abruptly after that step, as a crash would (resume tests)."""
     config.validate()
     dist = init_distributed(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
+
+    # build: config -> data -> model -> optimisers
+    data = build.load_run_data(config)
+    trainer = build_trainer(config, dist, data.train_files)
+    predicted_model_bytes = predicted_artifact_bytes(config)
+    bytes_code = code_bytes(config, code_path)
+    problems = build.preflight_problems(config, run_dir, bytes_needed=checkpoint_bytes(trainer) + 2 * (
+        predicted_model_bytes + bytes_code))
+    if problems:
+        raise PgolfError("; ".join(problems))  # in seconds, not after the training minutes
+
     log = RunLog(run_dir, enabled=dist.is_main, echo=not quiet, resume_step=None)
-    run = assemble.prepare(config)
-    trainer = assemble.build_trainer(config, dist, run, quiet=quiet)
     if resume:
         restore_checkpoint(trainer, run_dir)
         log.close()
@@ -217,26 +297,57 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
     else:
         if dist.is_main and run_dir is not None:
             write_json_atomic(run_dir / "config.json", run_config_to_dict(config))
-        description = assemble.describe(trainer, run)
-        log.header(run_config_to_json(config), str(dist.device), dist.world_size, description)
-        bytes_code = Path(code_path).stat().st_size if code_path is not None else accounting.code_bytes()
-        for warning in (assemble.budget_warning(config, bytes_code), assemble.cpu_memory_warning(config, dist.device)):
+        log.header(run_config_to_json(config), str(dist.device), dist.world_size,
+                   {**build.describe(config, dist, trainer.base_model, data, trainer.grad_accum_steps,
+                                     predicted_model_bytes), "config_sha256": config_sha256(config)[:16]})
+        for warning in (build.budget_warning(predicted_model_bytes + bytes_code),
+                        build.cpu_memory_warning(config, dist.device)):
             if warning:
                 log.line(warning)
         run_compile_warmup(trainer)
 
-    def validate(step: int) -> dict:
-        return assemble.validate(trainer, run, max_tokens=config.val_max_tokens)
-
-    progress = assemble.training_progress(config, trainer.state, dist, quiet)
+    # loop
+    progress = training_progress(config, trainer.state, dist, quiet)
     try:
-        train_loop(trainer, run_dir, log, validate, progress, halt_at_step)
+        train_loop(trainer, data, run_dir, log, progress, halt_at_step)
     finally:
         if progress is not None:
             progress.close()
     if halt_at_step is not None and trainer.state.step >= halt_at_step and trainer.state.step < config.iterations:
         log.close()
         return {"halted_at_step": trainer.state.step}
-    result = finalize.finish_run(trainer, run, run_dir, log, code_path)
+
+    # finish: score the live weights, average, quantise, write, read back, score what we ship
+    state = trainer.state
+    result = finish.finish_run(
+        finish.FinishInputs(config=config, dist=dist, base_model=trainer.base_model,
+                            eval_model=build.evaluation_model(trainer.model), averager=trainer.averager,
+                            val=data.val, steps=state.step, train_seconds=state.train_seconds,
+                            train_tokens=state.train_tokens, bytes_code=bytes_code,
+                            tokenizer_is_the_datasets=data.tokenizer_is_the_datasets),
+        run_dir, log, quiet)
     log.close()
     return result
+
+
+def predicted_artifact_bytes(config: RunConfig) -> int:
+    return predict_model_bytes(config.model, get_scheme(config.quant_scheme))
+
+
+def code_bytes(config: RunConfig, code_path: Path | None) -> int:
+    """The counted code size: the file an exported script runs from, else what `pgolf export` writes.
+    One definition: `pgolf.packaging.export.exported_code_bytes` measures the same script."""
+    if code_path is not None:
+        return Path(code_path).stat().st_size
+    # not part of an exported script's bundle (packaging.export.OPTIONAL_MODULES): it always passes its path
+    from pgolf.packaging.export import exported_code_bytes
+
+    return exported_code_bytes(config)
+
+
+def checkpoint_bytes(trainer: Trainer) -> int:
+    """Disk a checkpoint takes at most (current + previous while swapping): weights, averages, optimiser."""
+    if trainer.config.checkpoint_every <= 0:
+        return 0
+    weights = sum(p.numel() * 4 for p in trainer.base_model.parameters())
+    return 2 * 4 * weights  # weights, SWA sum, two optimiser moments

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pgolf.challenge import OFFICIAL_SP1024_VAL_TARGETS
 from pgolf.errors import PgolfError
 from pgolf.machine import describe_machine
 
@@ -58,6 +59,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matmul-sizes", help="comma list of n for the n x n x n peak product "
                                                "(default 1024,2048,3072 on CPU, 4096,8192,16384 on CUDA)")
     parser.add_argument("--json", dest="json_path", help="also write the measurements to this JSON file")
+    parser.add_argument("--cpu-kernels", action="store_true",
+                        help="build pgolf's AMX attention kernels if not built yet (the cpu-kernels extra)")
 
 
 def _setup(args: argparse.Namespace):
@@ -74,6 +77,10 @@ def _setup(args: argparse.Namespace):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     threads = configure_threads(args.threads)
+    if device.type == "cpu":
+        from pgolf.kernels import enable_cpu_attention
+
+        enable_cpu_attention(build=args.cpu_kernels, announce=print)
     try:
         args.sizes = tuple(int(size) for size in args.matmul_sizes.split(",")) if args.matmul_sizes else None
     except ValueError:
@@ -144,9 +151,9 @@ def run_train(args: argparse.Namespace) -> int:
               "the machine?); MFU is only as steady as that median")
 
     if device.type == "cpu" and any(variant.autocast_dtype == "bf16" for variant in variants):
-        from pgolf.kernels import cpu_attention
+        from pgolf.kernels import enable_cpu_attention
 
-        reason = cpu_attention.unavailable_reason()
+        reason = enable_cpu_attention()  # already tried: the reason it gave
         print("bf16 attention: " + (f"PyTorch's SDPA ({reason})" if reason else
                                     "pgolf's AMX kernels (PyTorch's SDPA in *+sdpa variants)"))
     baseline = next((m for m in measurements if m.variant == "fp32" and not m.error), None)
@@ -205,7 +212,7 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"matmul peak {variant.autocast_dtype}: {peak / 1e12:.3f} TFLOP/s ({size}x{size}x{size}, median of 5, "
           "timed once after the evaluation: MFU below is against it)")
     achieved = result.positions_per_second * flops.forward_flops_per_position(config.model, config.eval_seq_len)
-    full_windows = flops.sliding_window_count(flops.OFFICIAL_VAL_TARGETS, config.eval_seq_len, config.eval_stride)
+    full_windows = flops.sliding_window_count(OFFICIAL_SP1024_VAL_TARGETS, config.eval_seq_len, config.eval_stride)
     print(f"variant: {variant.name}, attention: {attention_backend_name(device)}, window {config.eval_seq_len}, "
           f"stride {config.eval_stride}, {batch_seqs} windows per batch")
     print(bench.format_table(
@@ -213,7 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
         [[str(result.windows), f"{result.seconds:.2f}", f"{result.scored_tokens_per_second:,.0f}",
           f"{result.positions_per_second:,.0f}", f"{achieved / 1e12:.3f}", f"{achieved / peak:.1%}",
           f"{result.full_val_seconds:,.0f}"]]))
-    print(f"full val split: {flops.OFFICIAL_VAL_TARGETS:,} targets = {full_windows:,} windows of "
+    print(f"full val split: {OFFICIAL_SP1024_VAL_TARGETS:,} targets = {full_windows:,} windows of "
           f"{config.eval_seq_len} at stride {config.eval_stride}")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"header": _header(args, device, threads), **vars(result),

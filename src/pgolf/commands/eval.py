@@ -33,56 +33,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    # scoring only: this command never imports the optimiser, schedule, averaging or training modules
     from pgolf.artifact import load_artifact
-    from pgolf.data.shards import find_tokenizer, load_val_bytes, load_val_tokens, resolve_dataset_dir
-    from pgolf.data.tokenizer import sha256_file
+    from pgolf.challenge import OFFICIAL_SP1024_VAL_TOKENS
     from pgolf.distributed import cleanup_distributed, init_distributed
-    from pgolf.evaluate import evaluate, truncate_val_tokens
-    from pgolf.metric import byte_tables_from_sentencepiece
-    from pgolf.finalize import model_from_artifact
-    from pgolf.progress import progress_bar
+    from pgolf.runtime import autocast_dtype
+    from pgolf.scoring import check_artifact_tokenizer, dataset_tokenizer, load_val_data, model_from_artifact, score
+    from pgolf.verify.eval_budget import predict_eval_seconds
 
     if args.stride < 1 or args.stride > args.seq_len:
         raise PgolfError(f"--stride must be between 1 and --seq-len ({args.seq_len}), got {args.stride}")
     loaded = load_artifact(Path(args.artifact))
-    dataset_dir = resolve_dataset_dir(args.data)
-    tokenizer_path = Path(args.tokenizer) if args.tokenizer else find_tokenizer(dataset_dir)
-    recorded = loaded.meta.get("tokenizer_sha256")
-    actual = sha256_file(tokenizer_path)
-    if recorded and recorded != actual:
-        raise PgolfError(f"tokenizer {tokenizer_path} (sha256 {actual[:16]}...) is not the one this artifact was "
-                         f"trained with (sha256 {recorded[:16]}...); scores would be meaningless")
-    val_tokens = load_val_tokens(dataset_dir)
-    val_bytes = load_val_bytes(dataset_dir, val_tokens.numpy())  # with a sidecar, bytes never come from tables
-    tables = byte_tables_from_sentencepiece(tokenizer_path) if val_bytes is None else None
-    val_tokens = truncate_val_tokens(val_tokens, args.seq_len)
-    if args.max_tokens > 0:
-        val_tokens = val_tokens[: args.max_tokens + 1]
-    if val_bytes is not None:
-        val_bytes = torch.from_numpy(val_bytes[: val_tokens.numel()])
-
+    tokenizer_path = dataset_tokenizer(args.data, args.tokenizer)
+    check_artifact_tokenizer(loaded, tokenizer_path)
+    val = load_val_data(args.data, args.seq_len, tokenizer_path=tokenizer_path)
     dist = init_distributed(args.device)
     try:
         model = model_from_artifact(loaded, dist.device, args.compile)
         started = time.perf_counter()
-        with progress_bar(total=None, desc="eval", unit="window",
-                          enabled=None if dist.is_main and not (args.quiet or args.json) else False) as bar:
-            result = evaluate(model, val_tokens, tables, seq_len=args.seq_len, stride=args.stride,
-                              batch_seqs=args.batch_seqs, dist=dist,
-                              autocast_dtype=None if args.fp32 else torch.bfloat16, progress=bar.advance_to,
-                              val_bytes=val_bytes)
+        result = score(model, val, args.seq_len, args.stride, args.batch_seqs, dist,
+                       autocast_dtype("fp32" if args.fp32 else "bf16"), max_tokens=args.max_tokens, desc="eval",
+                       show_progress=not (args.quiet or args.json))
         wall = time.perf_counter() - started
     finally:
         cleanup_distributed()
-    from pgolf.verify.eval_budget import predict_eval_seconds
-    from pgolf.verify.split_checks import OFFICIAL_SP1024_VAL_TOKENS
-
     report_fields = {
-        "artifact": str(args.artifact), "val_loss": result.loss, "val_bpb": result.bpb,
-        "tokens_scored": result.tokens, "bytes_scored": result.bytes, "seq_len": args.seq_len,
-        "stride": args.stride, "seconds": wall, "device": str(dist.device), "world_size": dist.world_size,
+        "artifact": str(args.artifact), "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
+        "tokens_scored": result["val_tokens_scored"], "bytes_scored": result["val_bytes_scored"],
+        "seq_len": args.seq_len, "stride": args.stride, "seconds": wall, "device": str(dist.device),
+        "world_size": dist.world_size,
         # the official split, scored the same way, predicted from the reference's measured eval pace
         "predicted_seconds_8xh100_full_val": predict_eval_seconds(loaded.model_config, OFFICIAL_SP1024_VAL_TOKENS,
                                                                   args.seq_len, args.stride),

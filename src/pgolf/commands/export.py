@@ -1,4 +1,4 @@
-"""`pgolf export RUN_DIR_OR_PRESET --out DIR [--compact]`: write the challenge's single-file train_gpt.py."""
+"""`pgolf export RUN_DIR_OR_PRESET --out DIR [--compact | --plain]`: write the challenge's single-file train_gpt.py."""
 
 from __future__ import annotations
 
@@ -15,17 +15,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("source", metavar="RUN_DIR_OR_PRESET",
                         help="a run folder (its config.json) or a preset name (pr198, baseline, tiny)")
     parser.add_argument("--out", required=True, help="folder to write train_gpt.py and requirements.txt into")
-    parser.add_argument("--compact", action="store_true",
-                        help="strip docstrings and comments and compress into a self-extracting script")
+    packing = parser.add_mutually_exclusive_group()
+    packing.add_argument("--compact", action="store_true",
+                         help="strip docstrings and comments and compress into a self-extracting script "
+                              "(--set code_packing=lzma; the presets' default)")
+    packing.add_argument("--plain", action="store_true",
+                         help="the readable bundle (--set code_packing=plain); its size is then the counted code")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (repeatable), as in `pgolf train`")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pgolf.export import export_script
+    from pgolf.packaging.export import export_script
 
-    script = export_script(args.source, Path(args.out), compact=args.compact, overrides=args.overrides)
-    print(f"wrote {script} ({script.stat().st_size} bytes of code{', compact' if args.compact else ''})")
+    overrides = args.overrides + (["code_packing=lzma"] if args.compact else []) + \
+        (["code_packing=plain"] if args.plain else [])
+    script = export_script(args.source, Path(args.out), overrides=overrides)
+    print(f"wrote {script} ({script.stat().st_size} bytes of code)")
     print(f"wrote {script.parent / 'requirements.txt'}")
     return 0

@@ -34,9 +34,11 @@ def _bits_per_parameter(compressed_bytes: int, elements: int) -> float:
 
 def inspect_artifact(path: Path) -> dict[str, Any]:
     """The whole report as a JSON-able dict (also what `--json` prints)."""
-    from pgolf import accounting
     from pgolf.artifact import compress, read_artifact, tensor_bytes
+    from pgolf.challenge import BUDGET_BYTES
     from pgolf.errors import PgolfError
+    from pgolf.packaging.export import artifact_code_bytes
+    from pgolf.packaging.size import size_report
     from pgolf.quant import tensor_summary
 
     contents = read_artifact(path)
@@ -64,8 +66,8 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
         }
 
     try:
-        bytes_code: int | None = accounting.code_bytes()
-        code_note = f"{len(accounting.CODE_MODULES)} files listed in pgolf.accounting.CODE_MODULES"
+        bytes_code: int | None = artifact_code_bytes(header)
+        code_note = "the plain train_gpt.py `pgolf export` writes for this model and scheme"
     except PgolfError as error:
         bytes_code, code_note = None, str(error)
     elements = sum(row["elements"] for row in tensors)
@@ -80,9 +82,9 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
     }
     if bytes_code is None:
         totals.update(bytes_model=contents.bytes_file, bytes_code=None, bytes_total=None,
-                      bytes_budget=accounting.BUDGET_BYTES, bytes_headroom=None, fits=None)
+                      bytes_budget=BUDGET_BYTES, bytes_headroom=None, fits=None)
     else:
-        totals.update(accounting.size_report(contents.bytes_file, bytes_code))
+        totals.update(size_report(contents.bytes_file, bytes_code))
     facts = {key: header[key] for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
                                           "tokenizer_sha256", "vocab_size", "model_config")}
     facts["payload_sha256"] = header["payload"]["sha256"]

@@ -20,21 +20,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--blurb", default="", help="one paragraph on what the run does")
     parser.add_argument("--out", help="records folder (default: records/<name>)")
     parser.add_argument("--no-export", action="store_true",
-                        help="do not generate train_gpt.py; count the package's code bytes instead")
+                        help="do not generate train_gpt.py; take the code bytes the runs recorded")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pgolf.submit import write_submission
+    from pgolf.packaging.submit import write_submission
 
     out_dir = Path(args.out or Path("records") / args.name.replace(" ", "_"))
     with tempfile.TemporaryDirectory(prefix="pgolf-export-") as staging:
         code_file = None
         if not args.no_export:
-            from pgolf.export import export_script
+            from pgolf.packaging.export import export_script
 
+            # the run's own config (its code_packing too), so the file is the one its bytes_code counted;
             # exported into a staging folder: a refused submission leaves nothing behind
-            code_file = export_script(Path(args.run_dirs[0]), Path(staging), compact=True)
+            code_file = export_script(Path(args.run_dirs[0]), Path(staging))
         submission = write_submission([Path(d) for d in args.run_dirs], out_dir, args.name, args.author,
                                       args.github_id, args.blurb, code_file=code_file)
     print(json.dumps(submission, indent=2))

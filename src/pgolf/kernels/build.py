@@ -50,6 +50,14 @@ def amx_unavailable_reason() -> str | None:
     return None
 
 
+def is_built(name: str) -> bool:
+    """Whether PyTorch's extension cache already holds a library built for operator library `name`."""
+    from torch.utils import cpp_extension
+
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    return any(folder.glob(f"{name}*.so"))
+
+
 def load_operator_library(name: str, source: str) -> str | None:
     """Build (or reuse) and load `source` as operator library `name`; None on success, else why not."""
     from torch.utils import cpp_extension

@@ -2,7 +2,7 @@
 
 Both run their products on the AMX tile unit with fp32 accumulation: forward+backward ~2x faster
 than SDPA's at the `pr198` shape and 3.2-3.5x at `tiny`'s, with gradients closer to float64
-(benchmarks/cpu_attention_kernel.py, docs/performance.md). They are wrapped as one
+(benchmarks/cpu/cpu_attention_kernel.py, docs/performance.md). They are wrapped as one
 `torch.library` custom op with its own autograd formula, so `torch.compile` keeps it as a single
 opaque node and the model still compiles to one graph.
 
@@ -20,6 +20,7 @@ import torch
 from pgolf import attention
 from pgolf.kernels.build import amx_unavailable_reason, load_operator_library
 
+LIBRARY_NAME = "pgolf_cpu_attention"
 TILE = 128  # the kernel's query/key block: T must be a multiple of it
 CHUNK = 64  # head_dim must be a multiple of it
 
@@ -33,7 +34,7 @@ def prepare() -> str | None:
     global _ready, _reason
     if attempted():
         return _reason
-    reason = amx_unavailable_reason() or load_operator_library("pgolf_cpu_attention", "cpu_attention.cpp")
+    reason = amx_unavailable_reason() or load_operator_library(LIBRARY_NAME, "cpu_attention.cpp")
     if reason is None and not torch.ops.pgolf_cpu.supported():
         reason = "oneDNN reports no AMX bf16 packing on this CPU"
     if reason is None:

@@ -10,8 +10,9 @@ from pgolf.verify.report import Check
 
 def check_artifact(path, tokenizer_sha256: str, vocab_size: int, code_bytes: int | None = None):
     """Checks of one `.pgolf` file; returns (checks, header or None when unreadable)."""
-    from pgolf import accounting
     from pgolf.artifact import read_artifact
+    from pgolf.challenge import BUDGET_BYTES
+    from pgolf.packaging.export import artifact_code_bytes
 
     path = Path(path)
     try:
@@ -23,9 +24,9 @@ def check_artifact(path, tokenizer_sha256: str, vocab_size: int, code_bytes: int
                     f"{path.name}: payload sha256 {header['payload']['sha256'][:16]}... matches, "
                     f"{len(header['tensors'])} tensors, scheme {header['scheme']!r} "
                     f"({header['compressor']} level {header['level']})")]
-    code = accounting.code_bytes() if code_bytes is None else int(code_bytes)
+    code = artifact_code_bytes(header) if code_bytes is None else int(code_bytes)
     total = contents.bytes_file + code
-    budget = accounting.BUDGET_BYTES
+    budget = BUDGET_BYTES
     checks.append(Check("artifact.size", total <= budget,
                         f"model {contents.bytes_file:,} + code {code:,} = {total:,} bytes "
                         f"{'<=' if total <= budget else '>'} {budget:,} "

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 
+from pgolf.challenge import EVAL_SECONDS_LIMIT
+from pgolf.challenge import OFFICIAL_SP1024_VAL_TARGETS
 from pgolf.config import ModelConfig
 from pgolf.verify.report import Check
 
-EVAL_BUDGET_SECONDS = 600.0
 REFERENCE_SECONDS = 69.8  # sliding eval of the PR-198 stack on 8xH100 (spec §7)
 REFERENCE_GPUS = 8
-REFERENCE_SCORED_TOKENS = 62_021_632
+REFERENCE_SCORED_TOKENS = OFFICIAL_SP1024_VAL_TARGETS
 REFERENCE_SEQ_LEN = 2048
 REFERENCE_STRIDE = 64
 
@@ -77,7 +78,7 @@ def predict_eval_seconds(model: ModelConfig, num_val_tokens: int, seq_len: int, 
 
 
 def check_eval_budget(label: str, model: ModelConfig, num_val_tokens: int, seq_len: int, stride: int,
-                      budget_seconds: float = EVAL_BUDGET_SECONDS) -> Check:
+                      budget_seconds: float = EVAL_SECONDS_LIMIT) -> Check:
     seconds = predict_eval_seconds(model, num_val_tokens, seq_len, stride)
     ratio = forward_flops_per_position(model, seq_len) / forward_flops_per_position(ModelConfig(), REFERENCE_SEQ_LEN)
     windows = num_windows(num_val_tokens - 1, seq_len, stride)

@@ -21,7 +21,7 @@ ALLOWED_VAL_READERS = {
     "data/build.py": "writes the val shards",
     "data/fetch.py": "downloads the val shards",
     "data/check.py": "validates the dataset folder",
-    "assemble.py": "loads val for `validate`, the evaluation path",
+    "scoring.py": "loads val to score a model, the evaluation path",
     "evaluate.py": "scores val",
     "commands/eval.py": "`pgolf eval`",
 }

@@ -114,7 +114,7 @@ def check_same_config(runs: list[RunRecord]) -> Check:
 
 def check_same_scheme(runs: list[RunRecord]) -> Check:
     """Same artifact scheme and evaluation, the same scored data, and each artifact within the budget."""
-    from pgolf.accounting import BUDGET_BYTES
+    from pgolf.challenge import BUDGET_BYTES
 
     details = []
     keys = ("quant_scheme", "eval_seq_len", "eval_stride", "val_tokens_scored", "val_bytes_scored")

@@ -12,13 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pgolf.challenge import OFFICIAL_SP1024_TOKENIZER_SHA256, OFFICIAL_SP1024_VAL_DOCS, OFFICIAL_SP1024_VAL_TOKENS
 from pgolf.data.shards import ShardError, dataset_entry, find_manifest, list_shards, validate_shard
 from pgolf.verify.report import Check
-
-# The official sp1024 export (spec §1): its tokenizer's sha256 and its val split.
-OFFICIAL_SP1024_TOKENIZER_SHA256 = "849ea920119b5135ace5016137e82ab397738fc29d723d5f9a6b74c4e31af191"
-OFFICIAL_SP1024_VAL_TOKENS = 62_021_846
-OFFICIAL_SP1024_VAL_DOCS = 50_000
 
 
 def check_shards(dataset_dir) -> tuple[Check, dict[str, list[int]]]:

@@ -1,154 +1,34 @@
-"""Size accounting: what counts against the 16,000,000-byte budget, and an early size prediction.
+"""Size accounting: the byte budget check and an early prediction of the artifact's size.
 
-Counted size = code bytes + model bytes (spec §5; decimal megabytes).
+Counted size = code bytes + model bytes (spec pr198 §5; decimal bytes, the
+budget is `pgolf.challenge.BUDGET_BYTES`). Model bytes are the whole `.pgolf`
+file. Code bytes are the exported `train_gpt.py` (`pgolf.packaging.export`,
+plain or packed as the config's `code_packing` says): the file the challenge
+runs, and what `pgolf train` reports through the same function.
 
-Model bytes are the whole `.pgolf` file. Code bytes are the package source
-files needed to load and evaluate an artifact, listed explicitly in
-`CODE_MODULES` (paths relative to `src/pgolf`):
-
-- `__init__.py`, `data/__init__.py`: executed by every import of the package;
-- `errors.py`, `config.py`: the error type and `ModelConfig` the artifact rebuilds;
-- `model.py`, `attention.py`: the network;
-- `quant.py`, `artifact.py`: reading, checking and dequantising the file;
-- `metric.py`, `evaluate.py`: bits per byte and (sliding-window) evaluation;
-- `distributed.py`: evaluation spreads windows over ranks and all-reduces sums;
-- `data/shards.py`: reading the validation shards;
-- `data/tokenizer.py`: loading the SentencePiece model the byte tables come from.
-
-Command-line plumbing, training, plotting and data download are not needed to
-score an artifact and are not counted; third-party libraries (torch, numpy,
-zstandard, sentencepiece) are not counted, as in the challenge.
-`uncounted_imports()` checks that the list is closed under pgolf imports.
-
-Bytes are counted from the files on disk with CRLF normalised to LF, so a
-Windows checkout (autocrlf) counts the same as the committed LF files; file
-times and paths play no part.
+`predict_model_bytes` estimates the artifact from the config alone, before
+training, so that a run that will not fit is warned about at its start.
 """
 
 from __future__ import annotations
 
-import ast
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from pgolf.challenge import BUDGET_BYTES
 from pgolf.config import ModelConfig
 from pgolf.errors import PgolfError
 from pgolf.quant import Scheme, choose_method, get_scheme, quantize_int6_rows, quantize_int8_rows, stored_layout
 
-BUDGET_BYTES = 16_000_000  # decimal, code + model
-PACKAGE_ROOT = Path(__file__).resolve().parent
-
 StateLayout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # {tensor name: (shape, dtype)}
-
-CODE_MODULES: tuple[str, ...] = (
-    "__init__.py",
-    "artifact.py",
-    "attention.py",
-    "config.py",
-    "data/__init__.py",
-    "data/shards.py",
-    "data/tokenizer.py",
-    "distributed.py",
-    "errors.py",
-    "evaluate.py",
-    "metric.py",
-    "model.py",
-    "quant.py",
-)
-
-# ---------------------------------------------------------------- code bytes
-
-
-def code_files(root: Path | None = None) -> list[Path]:
-    """The counted source files, sorted by their path relative to the package root."""
-    root = PACKAGE_ROOT if root is None else Path(root)
-    files = [root / relative for relative in sorted(CODE_MODULES)]
-    missing = [str(path) for path in files if not path.is_file()]
-    if missing:
-        raise PgolfError(f"counted source files are missing: {', '.join(missing)}")
-    return files
-
-
-def counted_bytes(path: Path) -> int:
-    """Size of one source file as committed: raw bytes with CRLF line endings counted as LF."""
-    return len(Path(path).read_bytes().replace(b"\r\n", b"\n"))
-
-
-def code_bytes(root: Path | None = None) -> int:
-    return sum(counted_bytes(path) for path in code_files(root))
-
-
-def _module_file(root: Path, module: str) -> str | None:
-    """`pgolf.a.b` -> "a/b.py" or "a/b/__init__.py" (relative to the package root), if it exists."""
-    parts = module.split(".")[1:]
-    candidates = ["/".join(parts) + ".py", "/".join(parts + ["__init__.py"])] if parts else ["__init__.py"]
-    for candidate in candidates:
-        if (root / candidate).is_file():
-            return candidate
-    return None
-
-
-def imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """Every dotted name an import statement anywhere in `tree` may load, relative imports resolved.
-    `from a import b` yields both `a` and `a.b` (b may be a submodule)."""
-    package = module.split(".") if is_package else module.split(".")[:-1]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package[: len(package) - node.level + 1]
-                base = ".".join(anchor + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _imported_files(root: Path, relative: str) -> set[str]:
-    """Package files one source file imports (its parents' __init__.py included)."""
-    tree = ast.parse((root / relative).read_bytes(), filename=relative)
-    modules = imported_names(tree, "pgolf." + relative.removesuffix(".py").replace("/", "."), is_package=False)
-    found: set[str] = set()
-    for module in modules:
-        if module != "pgolf" and not module.startswith("pgolf."):
-            continue
-        pieces = module.split(".")
-        for depth in range(1, len(pieces) + 1):  # importing pgolf.data.shards runs pgolf/__init__ and data/__init__
-            file = _module_file(root, ".".join(pieces[:depth]))
-            if file is not None:
-                found.add(file)
-    return found
-
-
-def uncounted_imports(root: Path | None = None) -> dict[str, list[str]]:
-    """{counted file: [pgolf files it imports that are not counted]}; empty when the list is closed."""
-    root = PACKAGE_ROOT if root is None else Path(root)
-    counted = set(CODE_MODULES)
-    result = {}
-    for relative in sorted(CODE_MODULES):
-        extra = sorted(_imported_files(root, relative) - counted)
-        if extra:
-            result[relative] = extra
-    return result
 
 
 def size_report(bytes_model: int, bytes_code: int, budget: int = BUDGET_BYTES) -> dict[str, int | bool]:
     total = int(bytes_model) + int(bytes_code)
     return {"bytes_model": int(bytes_model), "bytes_code": int(bytes_code), "bytes_total": total,
             "bytes_budget": budget, "bytes_headroom": budget - total, "fits": total <= budget}
-
-
-def check_budget(bytes_model: int, bytes_code: int, budget: int = BUDGET_BYTES) -> dict[str, int | bool]:
-    report = size_report(bytes_model, bytes_code, budget)
-    if not report["fits"]:
-        raise PgolfError(f"artifact over budget: model {bytes_model:,} + code {bytes_code:,} = "
-                         f"{report['bytes_total']:,} bytes > {budget:,}")
-    return report
 
 
 # ---------------------------------------------------------------- size prediction

@@ -32,7 +32,12 @@ def step_config(args: argparse.Namespace) -> RunConfig:
 
 @contextlib.contextmanager
 def synthetic_trainer(args: argparse.Namespace, variant: bench.Variant, device: torch.device, steps: int) -> Iterator:
-    """The trainer `pgolf bench train` times, with tokens for `steps` optimiser steps plus two."""
+    """The trainer `pgolf bench train` times, with tokens for `steps` optimiser steps plus two; on CPU with
+    pgolf's AMX attention kernels where they can be built."""
+    if device.type == "cpu":
+        from pgolf.kernels import enable_cpu_attention
+
+        enable_cpu_attention(build=True, announce=print)
     config = step_config(args)
     run_config = bench.bench_run_config(config, variant, args.micro_batch, args.seq_len, args.grad_accum, device)
     with tempfile.TemporaryDirectory() as folder:

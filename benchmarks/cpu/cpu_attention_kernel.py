@@ -7,7 +7,7 @@ the same bf16 inputs. Candidates: SDPA (PyTorch's flash forward and backward); "
 bwd" (PyTorch's flash forward with pgolf's backward, what pgolf trained with before its own
 forward); "pgolf" (pgolf's forward and backward, what training uses).
 
-    PYTHONPATH=src python benchmarks/cpu_attention_kernel.py --threads 2
+    PYTHONPATH=src python benchmarks/cpu/cpu_attention_kernel.py --threads 2
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ error relative to an fp32 SDPA reference:
 * flash+mm-bwd: SDPA's flash forward (keeps its log-sum-exp), a backward written with matmuls
 * flash+mm-bwd-8rows: the same backward, eager, over chunks of 8 (batch, head) rows at a time
 
-    PYTHONPATH=src python benchmarks/cpu_attention_alternatives.py --threads 2
+    PYTHONPATH=src python benchmarks/cpu/cpu_attention_alternatives.py --threads 2
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where a pr198 training step's time goes on this CPU, and the MFU it could reach if parts of it ran
 at the rates the hardware shows elsewhere: a measured ceiling for `pgolf bench train`'s MFU.
 
-    PYTHONPATH=src python benchmarks/cpu_step_bound.py --threads 1 [--micro-batch 1] [--grad-accum 8] [--steps 2]
+    PYTHONPATH=src python benchmarks/cpu/cpu_step_bound.py --threads 1 [--micro-batch 1] [--grad-accum 8] [--steps 2]
 
 In one run it times:
   * whole bf16+compile training steps (the trainer `pgolf bench train` times, synthetic tokens),
@@ -12,7 +12,7 @@ In one run it times:
     were free);
   * pgolf's AMX attention kernels, forward and backward, at the model's shape;
   * the products alone that those kernels make per 128 x 128 tile pair (oneDNN brgemm with hot
-    caches, `benchmarks/cpu_brgemm_shapes.py`'s operators): attention with a free softmax;
+    caches, `benchmarks/cpu/cpu_brgemm_shapes.py`'s operators): attention with a free softmax;
   * the bf16 matmul peak (`pgolf.bench.matmul_peak`), before and after.
 
 It prints the split of a micro-step and the MFU of the step with, in turn, the weight gradients at

@@ -3,7 +3,7 @@
 Decides the CPU default of `Muon(batch_by_shape=None)` (docs/performance.md). The two
 settings alternate, `--tries` times, three timed steps each after one untimed step.
 
-    PYTHONPATH=src python benchmarks/cpu_muon_batching.py --threads 2
+    PYTHONPATH=src python benchmarks/cpu/cpu_muon_batching.py --threads 2
 """
 
 from __future__ import annotations

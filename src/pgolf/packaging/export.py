@@ -5,19 +5,20 @@ train_gpt.py`, and counts its bytes as the code size. The package stays the
 source of truth; `export_script` writes a *bundle*:
 
 - the source text of exactly the pgolf modules the training path imports
-  (found by walking `import` statements from `ENTRY_MODULES`, see
-  `bundled_modules`), installed under the package name `pgolf` by a small
+  (`pgolf.packaging.bundle`), installed under the package name `pgolf` by a small
   meta-path finder at the top of the script, so the run executes the very
   same code as `pgolf train`;
 - the resolved `RunConfig` as JSON (data and tokenizer locations left empty:
   the challenge's `DATA_PATH` / `TOKENIZER_PATH` or its default layout
-  decide them at run time, see `pgolf.challenge_entry`);
-- a last line calling `pgolf.challenge_entry.main_from_environment`.
+  decide them at run time, see `pgolf.packaging.entry`);
+- a last line calling `pgolf.packaging.entry.main_from_environment`.
 
-`compact=True` strips docstrings and comments (via `ast.unparse`) and wraps
+The config's `code_packing` decides the form: "plain" is the readable
+bundle; "lzma" strips docstrings and comments (via `ast.unparse`) and wraps
 the result in an LZMA + base85 self-extractor. Either way the counted code
 size is the size of the file written, which the script itself reports
-(`run_training(code_path=...)`). `requirements.txt` beside it names the
+(`run_training(code_path=...)`), and which `exported_code_bytes` gives
+`pgolf train` for the same config. `requirements.txt` beside it names the
 third-party distributions the bundled modules import (torch aside).
 """
 
@@ -25,98 +26,17 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.metadata
 import json
 import lzma
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
 from pgolf import __version__
-from pgolf.accounting import imported_names
+from pgolf.challenge import SCRIPT_NAME
 from pgolf.config import PRESETS, RunConfig, apply_overrides, get_preset, run_config_from_dict, run_config_to_dict
 from pgolf.errors import PgolfError
-
-PACKAGE_ROOT = Path(__file__).resolve().parent
-SCRIPT_NAME = "train_gpt.py"
-ENTRY_MODULES: tuple[str, ...] = ("pgolf.train", "pgolf.challenge_entry")
-# imported only lazily inside a try: by finalize.write_curves (a plot is a convenience and needs
-# matplotlib; the bundle reports it as missing and the run logs `curves_error`), and by
-# assemble.prepare_cpu_attention (a CPU training kernel built from a C++ file the bundle lacks)
-OPTIONAL_MODULES: frozenset[str] = frozenset({"pgolf.plot", "pgolf.kernels", "pgolf.kernels.cpu_attention"})
-# provided by the challenge's environment and not listed in requirements.txt
-PROVIDED_IMPORTS: frozenset[str] = frozenset({"torch", "pgolf"})
-OPTIONAL_IMPORT_ERRORS = ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")
-
-# ---------------------------------------------------------------- which modules go into the bundle
-
-
-def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
-    """`pgolf.a.b` -> root/a/b.py or root/a/b/__init__.py, if it exists."""
-    parts = module.split(".")[1:]
-    for candidate in (root.joinpath(*parts).with_suffix(".py") if parts else None,
-                      root.joinpath(*parts, "__init__.py")):
-        if candidate is not None and candidate.is_file():
-            return candidate
-    return None
-
-
-def bundled_modules(entries: Iterable[str] = ENTRY_MODULES, root: Path = PACKAGE_ROOT,
-                    excluded: frozenset[str] = OPTIONAL_MODULES) -> list[str]:
-    """The pgolf modules reachable by imports from `entries` (parent packages included), sorted."""
-    found: set[str] = set()
-    pending = list(entries)
-    while pending:
-        module = pending.pop()
-        if module in found or module in excluded:
-            continue
-        path = module_file(module, root)
-        if path is None:
-            raise PgolfError(f"module {module} has no source file under {root}")
-        found.add(module)
-        pieces = module.split(".")
-        pending += [".".join(pieces[:depth]) for depth in range(1, len(pieces))]  # parents run first
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        for name in imported_names(tree, module, path.name == "__init__.py"):
-            if (name == "pgolf" or name.startswith("pgolf.")) and module_file(name, root) is not None:
-                pending.append(name)
-    return sorted(found)
-
-
-def third_party_imports(sources: Iterable[str]) -> list[str]:
-    """Top-level names of non-stdlib imports the sources need (optional `try: import` ones left out)."""
-    names: set[str] = set()
-    for source in sources:
-        tree = ast.parse(source)
-        optional: set[int] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Try) and any(
-                    handler.type is None or _handler_names(handler.type) & set(OPTIONAL_IMPORT_ERRORS)
-                    for handler in node.handlers):
-                optional.update(id(inner) for statement in node.body for inner in ast.walk(statement))
-        for node in ast.walk(tree):
-            if id(node) in optional:
-                continue
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-    return sorted(name for name in names
-                  if name not in sys.stdlib_module_names and name not in PROVIDED_IMPORTS and name != "__future__")
-
-
-def _handler_names(node: ast.expr) -> set[str]:
-    if isinstance(node, ast.Tuple):
-        return {element.id for element in node.elts if isinstance(element, ast.Name)}
-    return {node.id} if isinstance(node, ast.Name) else set()
-
-
-def requirement_lines(import_names: Iterable[str]) -> list[str]:
-    """Distribution names for import names (e.g. `yaml` -> `PyYAML`), from the installed metadata."""
-    distributions = importlib.metadata.packages_distributions()
-    return sorted({(distributions.get(name) or [name])[0] for name in import_names}, key=str.lower)
-
+from pgolf.packaging.bundle import PACKAGE_ROOT, bundled_modules, module_file, requirement_lines, third_party_imports
 
 # ---------------------------------------------------------------- compaction
 
@@ -180,7 +100,7 @@ for loaded in [name for name in sys.modules if name == "pgolf" or name.startswit
 sys.meta_path.insert(0, BundledPgolf())
 
 if __name__ == "__main__":
-    from pgolf.challenge_entry import main_from_environment
+    from pgolf.packaging.entry import main_from_environment
 
     raise SystemExit(main_from_environment(CONFIG_JSON, __file__))
 '''
@@ -242,24 +162,39 @@ def resolve_export_config(run_dir_or_preset: Path | str, overrides: Iterable[str
     return config
 
 
-def build_script(config: RunConfig, compact: bool = False) -> tuple[str, list[str]]:
-    """(the script's text, its requirements) for a resolved config."""
+def build_script(config: RunConfig) -> tuple[str, list[str]]:
+    """(the script's text, its requirements) for a resolved config, packed as `config.code_packing` says."""
     modules = bundled_modules()
     sources = {module: module_file(module).read_text(encoding="utf-8") for module in modules}
     requirements = requirement_lines(third_party_imports(sources.values()))
-    if not compact:
+    if config.code_packing == "plain":
         return render_script(config, modules, sources, requirements), requirements
     stripped = {module: strip_source(source) for module, source in sources.items()}
     inner = strip_source(render_script(config, modules, stripped, requirements))
     return self_extracting(inner), requirements
 
 
-def export_script(run_dir_or_preset: Path | str, out_dir: Path, compact: bool = False,
-                  overrides: Iterable[str] = ()) -> Path:
+def exported_code_bytes(config: RunConfig) -> int:
+    """The counted code size of a run with this config: the bytes of the script `pgolf export` writes."""
+    text, _ = build_script(replace(config, data_dir="", tokenizer_path=""))
+    return len(text.encode("utf-8"))
+
+
+def artifact_code_bytes(header: dict) -> int:
+    """Code bytes for an artifact alone (no run folder at hand): the plain script of a run config holding
+    the artifact's model config and scheme. A run's own figure is `bytes_code` in its result.json."""
+    from pgolf.config import RunConfig, model_config_from_dict
+
+    config = RunConfig(model=model_config_from_dict(header["model_config"]), quant_scheme=str(header["scheme"]),
+                       preset="artifact")
+    return exported_code_bytes(config)
+
+
+def export_script(run_dir_or_preset: Path | str, out_dir: Path, overrides: Iterable[str] = ()) -> Path:
     """Write OUT_DIR/train_gpt.py and OUT_DIR/requirements.txt; returns the script's path.
     The script's size on disk is the counted code size."""
     config = resolve_export_config(run_dir_or_preset, overrides)
-    text, requirements = build_script(config, compact)
+    text, requirements = build_script(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     script = out_dir / SCRIPT_NAME

@@ -1,6 +1,6 @@
 """Entry point of an exported `train_gpt.py`: the challenge's environment variables -> one training run.
 
-`pgolf export` (see `pgolf.export`) writes a single file that embeds the
+`pgolf export` (see `pgolf.packaging.export`) writes a single file that embeds the
 resolved `RunConfig` as JSON and calls `main_from_environment(config_json,
 script_path)`. This module turns the environment variables the challenge's
 own scripts use into config fields, runs `pgolf.train.run_training` exactly
@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+from pgolf.challenge import ARTIFACT_NAME
 from pgolf.config import RunConfig, apply_overrides, run_config_from_dict
 from pgolf.errors import PgolfError
 
 DEFAULT_DATA_PATH = "./data/datasets/fineweb10B_sp1024"  # the challenge's layout, relative to the working folder
-ARTIFACT_NAME = "model.pgolf"  # as written by pgolf.finalize
 
 # challenge environment variable -> RunConfig field. TOKENIZER_PATH unset means: the dataset's
 # manifest, else ./data/tokenizers/fineweb_1024_bpe.model beside the dataset (pgolf.data.shards).

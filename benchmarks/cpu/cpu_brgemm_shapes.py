@@ -9,7 +9,7 @@ head_dim 64, two brgemm calls in the kernels) against a hand-written AMX loop fo
 (2 x 2 blocks of 16 x 16 tiles, one tile configuration for the whole run): how much a custom
 microkernel could gain over oneDNN's there.
 
-    PYTHONPATH=src python benchmarks/cpu_brgemm_shapes.py --threads 1
+    PYTHONPATH=src python benchmarks/cpu/cpu_brgemm_shapes.py --threads 1
 """
 
 from __future__ import annotations

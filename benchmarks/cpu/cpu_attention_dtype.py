@@ -4,7 +4,7 @@ Decides `pgolf.attention.CPU_LOW_PRECISION_MIN_HEAD_DIM` (docs/performance.md). 
 median of 5 calls per (batch, heads, kv heads, T, head_dim) for: the automatic choice, fp32
 forced, bf16 forced.
 
-    PYTHONPATH=src python benchmarks/cpu_attention_dtype.py --threads 2
+    PYTHONPATH=src python benchmarks/cpu/cpu_attention_dtype.py --threads 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Profile training steps with torch.profiler and print which operators dominate.
 
-    PYTHONPATH=src python benchmarks/profile_step.py --preset pr198 --micro-batch 1 --seq-len 2048 \
+    PYTHONPATH=src python benchmarks/cpu/profile_step.py --preset pr198 --micro-batch 1 --seq-len 2048 \
         --variant bf16 --steps 2 [--threads 2] [--rows 25] [--grad-accum 2] [--inductor-kernels]
 
 Builds the same `Trainer` `pgolf bench train` times (synthetic tokens), runs one

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from pgolf.accounting import BUDGET_BYTES
+from pgolf.challenge import ARTIFACT_NAME, BUDGET_BYTES
 from pgolf.errors import PgolfError
 from pgolf.verify.run_checks import RunRecord, check_same_config, check_same_scheme, load_run
 
@@ -103,7 +103,7 @@ def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     best = summary.pop("best_run")
-    shutil.copyfile(best.path / best.result.get("artifact", "model.pgolf"), out_dir / "model.pgolf")
+    shutil.copyfile(best.path / best.result.get("artifact", ARTIFACT_NAME), out_dir / ARTIFACT_NAME)
     (out_dir / "config.json").write_text(json.dumps(best.config, indent=2, sort_keys=True) + "\n")
     for run in runs:
         log = run.path / "train.log"
