@@ -147,6 +147,26 @@ def test_evaluate_equals_brute_force(length, seq_len, stride, batch_seqs):
     assert result.bpb == pytest.approx(bpb, rel=1e-9)
 
 
+@pytest.mark.parametrize("length, seq_len, stride, batch_seqs", [(61, 16, 5, 3), (50, 16, 16, 4), (40, 8, 1, 7)])
+def test_evaluate_with_a_sidecar_equals_brute_force(length, seq_len, stride, batch_seqs):
+    """With a byte sidecar, target i (token i + 1) counts the sidecar's value at position i + 1."""
+    model, tokens = TinyCausalLM(), random_tokens(length)
+    sidecar = torch.from_numpy(np.random.default_rng(2).integers(0, 6, length).astype(np.int32))
+    result = evaluate(model, tokens, None, seq_len, stride, batch_seqs, DistInfo(), val_bytes=sidecar)
+    loss, _, num_targets, _ = brute_force(model, tokens, tiny_tables(), seq_len, stride)
+    num_bytes = int(sidecar[1:].sum())  # every target scored once; the first token is never a target
+    assert result.tokens == num_targets and result.bytes == num_bytes
+    assert result.bpb == pytest.approx(loss * num_targets / math.log(2) / num_bytes, rel=1e-9)
+
+
+def test_sidecar_and_tables_are_never_mixed():
+    tokens = random_tokens(20)
+    with pytest.raises(PgolfError, match="not both"):
+        evaluate(TinyCausalLM(), tokens, tiny_tables(), 8, 8, 2, DistInfo(), val_bytes=torch.ones(20))
+    with pytest.raises(PgolfError, match="19 values for 20 val tokens"):
+        evaluate(TinyCausalLM(), tokens, None, 8, 8, 2, DistInfo(), val_bytes=torch.ones(19))
+
+
 def test_stride_equal_to_seq_len_is_plain_evaluation():
     model, tables = TinyCausalLM(seed=3), tiny_tables()
     tokens = truncate_val_tokens(random_tokens(70, seed=5), 16)  # 64 targets, 4 chunks

@@ -100,6 +100,7 @@ def describe(config: RunConfig, dist: DistInfo, base_model: GPT, data: RunData, 
         "dataset": str(data.val.dataset_dir),
         "train_shards": len(data.train_files),
         "val_tokens": int(data.val.tokens.numel()),
+        "val_byte_counts": "sidecar" if data.val.val_bytes is not None else "lut",
         "tokenizer_sha256": data.val.tokenizer_sha256[:16],
         "predicted_model_bytes": predicted_model_bytes,
     }

@@ -25,6 +25,7 @@ from pgolf.challenge import BUDGET_BYTES
 from pgolf.config import RunConfig, tiny
 from pgolf.data.build import build_dataset
 from pgolf.data.stdlib_corpus import iter_stdlib_documents, split_documents, write_jsonl
+from pgolf.metric import bits_per_byte
 
 DEMO_VAL_FRACTION = 0.1  # about 60k validation tokens: a sliding-window score in seconds on 2 cores
 
@@ -41,20 +42,22 @@ def demo_config(dataset_dir: Path, minutes: float = 3.0, steps: int | None = Non
                                warmdown_steps=max(1, round(0.3 * steps)), swa_every=max(1, steps // 40), **common)
 
 
-def build_demo_dataset(out_dir: Path, quiet: bool, log=print) -> tuple[Path, dict[str, Any]]:
+def build_demo_dataset(out_dir: Path, quiet: bool, log=print, caseops: bool = False) -> tuple[Path, dict[str, Any]]:
+    """corpus.jsonl and a 1024-piece dataset made from it in `out_dir` (`dataset/`, or with `caseops` the
+    frontier's CaseOps form with its byte sidecar in `dataset_caseops/`)."""
     documents = list(iter_stdlib_documents())
     train, val = split_documents(documents, val_fraction=DEMO_VAL_FRACTION, seed=0)
     corpus = out_dir / "corpus.jsonl"
     num_documents, num_bytes = write_jsonl(corpus, val + train)  # build takes the first --val-docs as val
     log(f"corpus: {num_documents:,} documents, {num_bytes:,} bytes of standard-library docstrings -> {corpus}")
-    built = build_dataset([corpus], out_dir / "dataset", vocab_size=1024, val_docs=len(val), overwrite=True,
-                          progress=not quiet, log=log)
+    built = build_dataset([corpus], out_dir / ("dataset_caseops" if caseops else "dataset"), vocab_size=1024,
+                          val_docs=len(val), overwrite=True, is_caseops=caseops, progress=not quiet, log=log)
     return built.out_dir, {"documents": num_documents, "bytes": num_bytes, **built.stats}
 
 
 def summary_rows(result: dict[str, Any], corpus: dict[str, Any], wall_seconds: float,
                  run_dir: Path, machine: str) -> list[tuple[str, str]]:
-    uniform = math.log2(1024) * result["val_tokens_scored"] / max(result["val_bytes_scored"], 1)
+    uniform = bits_per_byte(math.log(1024) * result["val_tokens_scored"], max(result["val_bytes_scored"], 1))
     return [
         ("corpus", f"{corpus['documents']:,} docs, {corpus['bytes']:,} bytes (Python stdlib docstrings)"),
         ("val bpb, before quantisation (plain)", f"{result['val_bpb_prequant']:.4f}"),

@@ -6,7 +6,9 @@ tokens [start, start + L) to the model (L = min(seq_len, N)) and scores the
 targets in [score_from, score_to) (absolute target indices), each from the
 context [start, i]. `sliding_windows` decides these ranges (pure);
 `evaluate` runs them in batches, spread over ranks, and sums NLL, tokens and
-bytes in float64.
+bytes in float64. Bytes come from the look-up tables (`metric.count_bytes`)
+or, for a dataset with a byte sidecar, from the sidecar (`metric.sidecar_bytes`),
+never both; bpb is `metric.bits_per_byte`.
 
 Every target is scored exactly once. The reference lets its trailing windows
 run past the end and re-score the same last tokens; here the last window is
@@ -32,7 +34,7 @@ from torch import nn
 
 from pgolf.distributed import DistInfo, all_reduce_sum
 from pgolf.errors import PgolfError
-from pgolf.metric import ByteTables, bits_per_byte, count_bytes
+from pgolf.metric import ByteTables, bits_per_byte, count_bytes, sidecar_bytes
 
 
 @dataclass
@@ -96,14 +98,15 @@ def _as_token_tensor(val_tokens) -> torch.Tensor:
     return tokens
 
 
-def evaluate(model: nn.Module, val_tokens, tables: ByteTables, seq_len: int, stride: int, batch_seqs: int, dist: DistInfo,
-             autocast_dtype: torch.dtype | None = None,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+def evaluate(model: nn.Module, val_tokens, tables: ByteTables | None, seq_len: int, stride: int, batch_seqs: int,
+             dist: DistInfo, autocast_dtype: torch.dtype | None = None,
+             progress: Callable[[int, int], None] | None = None, val_bytes=None) -> EvalResult:
     """Score every target of `val_tokens` once; `model(input_ids)` must return logits (B, T, V).
 
     Window i goes to rank i % world_size; sums are all-reduced, so every rank gets the result.
     `progress(done, total)` counts this rank's windows. Callers cut the split first with
-    `truncate_val_tokens` to match the reference's token count.
+    `truncate_val_tokens` to match the reference's token count. `val_bytes` is the split's byte
+    sidecar, shape (N,) like `val_tokens` (cut the same way); with it `tables` must be None.
     """
     if batch_seqs < 1:
         raise PgolfError(f"eval batch_seqs must be >= 1, got {batch_seqs}")
@@ -113,7 +116,14 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables, seq_len: int, str
     num_targets = tokens.numel() - 1
     if num_targets < 1:
         raise PgolfError("validation split has fewer than 2 tokens")
-    if int(tokens.max()) >= tables.vocab_size:
+    split_bytes = None
+    if val_bytes is not None:
+        if tables is not None:
+            raise PgolfError("evaluate counts bytes from the sidecar or from byte tables, not both")
+        split_bytes = _as_token_tensor(val_bytes).to(device)
+        if split_bytes.numel() != tokens.numel():
+            raise PgolfError(f"byte sidecar has {split_bytes.numel():,} values for {tokens.numel():,} val tokens")
+    elif int(tokens.max()) >= tables.vocab_size:
         raise PgolfError(f"validation token id {int(tokens.max())} is outside the byte tables "
                          f"({tables.vocab_size} entries); tokenizer and data do not match")
     tokens = tokens.to(device)
@@ -147,7 +157,10 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables, seq_len: int, str
                 scored_logits = scored_logits.to(torch.promote_types(scored_logits.dtype, torch.float32))
                 scored_targets, previous = targets[scored], inputs[scored]
                 nll = F.cross_entropy(scored_logits, scored_targets, reduction="none")
-                num_bytes = count_bytes(previous, scored_targets, tables)
+                if split_bytes is not None:  # a target's bytes sit at its own position, target index + 1
+                    num_bytes = sidecar_bytes(split_bytes, target_index[scored] + 1)
+                else:
+                    num_bytes = count_bytes(previous, scored_targets, tables)
                 sums[0] += nll.double().sum()
                 sums[1] += scored_targets.numel()
                 sums[2] += num_bytes.double().sum()
@@ -158,7 +171,7 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables, seq_len: int, str
     all_reduce_sum(sums, dist)
     sum_nll, num_tokens, num_bytes_total = sums.tolist()
     if num_bytes_total <= 0:
-        raise PgolfError("validation targets cover 0 bytes; the byte tables look wrong")
+        raise PgolfError("validation targets cover 0 bytes; the byte counts look wrong")
     if not math.isfinite(sum_nll):
         # a NaN score would print as val_bpb:nan and exit 0; it is a failure
         raise PgolfError(f"evaluation loss is {sum_nll} over {int(num_tokens)} tokens: the model's weights or "

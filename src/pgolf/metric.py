@@ -13,6 +13,11 @@ when decoding the first piece of a sequence, so the count equals the UTF-8
 length of the decoded text of each run of tokens between boundaries.
 
     bpb = (sum of NLL in nats / ln 2) / (sum of bytes)
+
+Two ways to count the bytes of a target, one pure function each:
+`count_bytes` (the look-up tables above, pr198 §2) and `sidecar_bytes` (a
+dataset's byte sidecar, frontier §2: one stored count per val token, used
+whenever the dataset has one). `bits_per_byte` is the one formula both feed.
 """
 
 from __future__ import annotations
@@ -100,6 +105,15 @@ def count_bytes(prev_ids, target_ids, tables: ByteTables):
     previous = np.asarray(prev_ids, dtype=np.int64)
     space = tables.has_leading_space[targets] & ~tables.is_boundary[previous]
     return tables.base_bytes[targets].astype(np.int64) + space
+
+
+def sidecar_bytes(split_bytes, target_index):
+    """Bytes of each scored target under the sidecar method: the stored count at the target's own position.
+
+    `split_bytes` is the sidecar of the split, shape (N,), aligned with its tokens; `target_index` holds
+    absolute token positions (any shape; target i of a split is token i + 1). numpy or torch alike.
+    """
+    return split_bytes[target_index]
 
 
 def bits_per_byte(sum_nll_nats: float, sum_bytes: float) -> float:

@@ -1,7 +1,8 @@
 """Scoring a model on the val split: what `pgolf eval` and the end of a training run share.
 
 `load_val_data` opens a dataset's val split with the byte tables of its
-tokenizer; `model_from_artifact` rebuilds the shipped network from a `.pgolf`
+tokenizer, or with its byte sidecar when it has one (then bytes are never
+counted from the tables: `tables` is None); `model_from_artifact` rebuilds the shipped network from a `.pgolf`
 file; `score` runs `evaluate.evaluate` over the split (or a prefix) and returns
 the numbers a run reports. Nothing here imports training code: scoring an
 artifact needs only the artifact, the tokenizer and the val shards.
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pgolf.artifact import LoadedArtifact
-from pgolf.data.shards import find_tokenizer, load_val_tokens, resolve_dataset_dir
+from pgolf.data.shards import find_tokenizer, load_val_bytes, load_val_tokens, resolve_dataset_dir
 from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
@@ -33,8 +34,9 @@ class ValData:
     dataset_dir: Path
     tokenizer_path: Path
     tokenizer_sha256: str
-    tables: ByteTables
+    tables: ByteTables | None  # None when the dataset has a byte sidecar
     tokens: torch.Tensor  # (N,) the split cut to a multiple of the eval length plus one token
+    val_bytes: torch.Tensor | None = None  # (N,) int32: the byte sidecar, cut like `tokens`
 
 
 def load_val_data(data_dir, seq_len: int, tokenizer_path=None, vocab_size: int | None = None) -> ValData:
@@ -46,9 +48,12 @@ def load_val_data(data_dir, seq_len: int, tokenizer_path=None, vocab_size: int |
     if vocab_size is not None and tables.vocab_size != vocab_size:
         raise PgolfError(f"tokenizer {tokenizer_path} has {tables.vocab_size} pieces but the model's "
                          f"vocab_size is {vocab_size}; pass --set vocab_size=...")
+    tokens = load_val_tokens(dataset_dir)
+    val_bytes = load_val_bytes(dataset_dir, tokens.numpy())  # checked: one per token, 0 at bos, the manifest's sum
+    tokens = truncate_val_tokens(tokens, seq_len)
     return ValData(dataset_dir=dataset_dir, tokenizer_path=tokenizer_path,
-                   tokenizer_sha256=sha256_file(tokenizer_path), tables=tables,
-                   tokens=truncate_val_tokens(load_val_tokens(dataset_dir), seq_len))
+                   tokenizer_sha256=sha256_file(tokenizer_path), tables=tables if val_bytes is None else None,
+                   tokens=tokens, val_bytes=None if val_bytes is None else torch.from_numpy(val_bytes[:tokens.numel()]))
 
 
 def dataset_tokenizer(data_dir, tokenizer_path=None) -> Path:
@@ -78,9 +83,10 @@ def score(model: torch.nn.Module, val: ValData, seq_len: int, stride: int, batch
           show_progress: bool = True) -> dict[str, float]:
     """Evaluate on the val split (or its first `max_tokens` targets); val_loss, val_bpb and counts."""
     tokens = val.tokens if max_tokens <= 0 else val.tokens[: max_tokens + 1]
+    val_bytes = None if val.val_bytes is None else val.val_bytes[: tokens.numel()]
     with progress_bar(total=None, desc=desc, unit="window",
                       enabled=None if dist.is_main and show_progress else False) as bar:
         result = evaluate(model, tokens, val.tables, seq_len=seq_len, stride=stride, batch_seqs=batch_seqs,
-                          dist=dist, autocast_dtype=autocast_dtype, progress=bar.advance_to)
+                          dist=dist, autocast_dtype=autocast_dtype, progress=bar.advance_to, val_bytes=val_bytes)
     return {"val_loss": result.loss, "val_bpb": result.bpb, "val_tokens_scored": result.tokens,
             "val_bytes_scored": result.bytes, "eval_seconds": result.seconds}

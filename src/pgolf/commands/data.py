@@ -11,7 +11,9 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     fetch = commands.add_parser("fetch", help="download the official export from the Hugging Face Hub")
-    fetch.add_argument("--variant", default="sp1024", help="tokenizer variant (default sp1024)")
+    fetch.add_argument("--variant", default="sp1024",
+                       help="tokenizer variant: sp1024 (default), byte260, sp512, sp2048, sp4096 from the official "
+                            "export, or sp8192-caseops (the frontier's CaseOps export, with its byte sidecar)")
     fetch.add_argument("--train-shards", type=int, required=True, help="how many train shards to fetch (val is always whole)")
     fetch.add_argument("--dest", default="data", help="destination folder (default ./data)")
     fetch.add_argument("--revision", default=None, help="repo revision (branch, tag or commit)")
@@ -29,7 +31,13 @@ def register(subparsers) -> None:
     build.add_argument("--one-doc-per-file", action="store_true", help="each .txt file is one document")
     build.add_argument("--workers", type=int, default=1, help="encoding processes")
     build.add_argument("--max-sample-bytes", type=int, default=200_000_000, help="text used to train the tokenizer")
-    build.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    build.add_argument("--overwrite", action="store_true",
+                       help="delete the shards and manifest of another build in --out first (never mixed)")
+    build.add_argument("--caseops", action="store_true",
+                       help="CaseOps-encode every document (frontier recipe), train or check a tokenizer with the "
+                            "markers at ids 4-7, and write the val byte sidecar")
+    build.add_argument("--sidecar", action="store_true",
+                       help="write the val byte sidecar for a plain dataset too (bpb then counts it)")
     build.set_defaults(func=_build)
 
     check = commands.add_parser("check", help="validate a dataset folder")
@@ -52,7 +60,8 @@ def _build(args: argparse.Namespace) -> int:
 
     build_dataset(args.input, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size, val_docs=args.val_docs,
                   tokens_per_shard=args.tokens_per_shard, one_doc_per_file=args.one_doc_per_file,
-                  workers=args.workers, max_sample_bytes=args.max_sample_bytes, overwrite=args.overwrite)
+                  workers=args.workers, max_sample_bytes=args.max_sample_bytes, overwrite=args.overwrite,
+                  is_caseops=args.caseops, sidecar=True if args.sidecar else None)
     return 0
 
 

@@ -32,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default 2e9)")
     parser.add_argument("--sample-tokens", type=int, default=None,
                         help="train tokens examined when sampling (default 4e8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train and sidecar samples")
+    parser.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
+                        help="the .jsonl/.txt the dataset was built from (val = its first documents): the byte "
+                             "sidecar is checked against the original text (default: the sources a built "
+                             "dataset's manifest names)")
+    parser.add_argument("--sidecar-docs", type=int, default=None,
+                        help="val documents whose sidecar bytes are checked (default 2000)")
     parser.add_argument("--json", action="store_true", help="print the checks as one JSON object")
     parser.set_defaults(func=run)
 
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     checks = run_verify(args.data_dir, artifact=args.artifact, runs=args.runs, baseline_bpb=args.baseline_bpb,
                         tokenizer=args.tokenizer, eval_seq_len=args.eval_seq_len, eval_stride=args.eval_stride,
                         min_doc_tokens=args.min_doc_tokens, full_scan_tokens=args.full_scan_tokens,
-                        sample_tokens=args.sample_tokens, seed=args.seed, log=log)
+                        sample_tokens=args.sample_tokens, seed=args.seed, corpus=args.corpus,
+                        sidecar_docs=args.sidecar_docs, log=log)
     failed = sum(not check.passed for check in checks)
     if args.json:
         print(json.dumps({"passed": failed == 0, "checks": [check_to_dict(check) for check in checks]}, indent=2))

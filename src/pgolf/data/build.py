@@ -16,6 +16,18 @@ A failed build leaves `--out` exactly as it was and no stray files in it. A
 file in `--out` that no dataset build made is never overwritten: the build
 refuses when it would have to.
 
+With `is_caseops` every document is CaseOps-encoded (`pgolf.data.caseops`)
+before tokenising, the tokenizer must carry the four CaseOps markers at ids
+4-7 (a trained one gets them), and the val split gets its byte sidecar
+`fineweb_val_bytes_*.bin` (`pgolf.data.sidecar`), shard for shard with the
+val shards. `sidecar` builds the sidecar for a plain dataset too.
+
+A build never mixes with another: a folder that already holds shards (val,
+train or sidecar, of any shard size) or a manifest is refused unless
+`overwrite`, and then every one of them is replaced. Stale shards of an earlier build
+with fewer val documents are how train came to hold val documents in the
+#2127 CaseOps exports (frontier.md §1).
+
 manifest.json follows the official export's shape: `tokenizers` and
 `datasets` lists, the dataset entry carrying `stats` (docs/files/tokens per
 split); the tokenizer entry carries `model_path` relative to the output folder
@@ -38,8 +50,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pgolf.data.shards import MANIFEST_NAME, list_shards, write_shard
-from pgolf.data.tokenizer import BOS_ID, EOS_ID, load_sentencepiece, sha256_file, train_sentencepiece
+from pgolf.data import caseops
+from pgolf.data.shards import MANIFEST_NAME, SIDECAR_PREFIX, write_shard
+from pgolf.data.sidecar import encode_with_bytes
+from pgolf.data.tokenizer import (BOS_ID, EOS_ID, check_caseops_tokenizer, is_caseops_tokenizer,
+                                  load_sentencepiece, sha256_file, train_sentencepiece)
 from pgolf.errors import PgolfError
 
 DEFAULT_TOKENS_PER_SHARD = 100_000_000
@@ -104,39 +119,67 @@ def _blank_line_documents(path: Path) -> Iterator[str]:
 
 # ---------------------------------------------------------------- encoding (possibly in worker processes)
 
+@dataclass(frozen=True)
+class _EncodeSettings:
+    model_path: str
+    is_caseops: bool
+    val_docs: int
+    with_sidecar: bool
+
+
 _worker_processor = None
+_worker_settings: _EncodeSettings | None = None
 
 
-def _init_worker(model_path: str) -> None:
-    global _worker_processor
-    _worker_processor = load_sentencepiece(model_path)
+def _init_worker(settings: _EncodeSettings) -> None:
+    global _worker_processor, _worker_settings
+    _worker_processor = load_sentencepiece(settings.model_path)
+    _worker_settings = settings
 
 
-def _encode_chunk(documents: list[str]) -> list[np.ndarray]:
-    """[bos] + ids for each document, as uint16 arrays."""
-    encoded = _worker_processor.encode(documents)
-    return [np.asarray([BOS_ID, *ids], dtype=np.uint16) for ids in encoded]
+def _encode_chunk(chunk: tuple[int, list[str]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """([bos] + ids, [0] + per-token original bytes or None) for each document, as uint16 arrays.
+
+    `chunk` is (index of its first document, documents); the bytes are computed for val documents only.
+    """
+    first_index, documents = chunk
+    settings = _worker_settings
+    texts = [caseops.encode(text) for text in documents] if settings.is_caseops else documents
+    num_val = min(max(settings.val_docs - first_index, 0), len(texts)) if settings.with_sidecar else 0
+    results = []
+    if num_val:
+        for ids, counts in encode_with_bytes(_worker_processor, texts[:num_val], settings.is_caseops):
+            results.append((np.asarray([BOS_ID, *ids], dtype=np.uint16),
+                            np.concatenate(([0], counts)).astype(np.uint16)))
+    if num_val < len(texts):
+        for ids in _worker_processor.encode(texts[num_val:]):
+            results.append((np.asarray([BOS_ID, *ids], dtype=np.uint16), None))
+    return results
 
 
-def _chunks(documents: Iterator[str], size: int) -> Iterator[list[str]]:
+def _chunks(documents: Iterator[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    first_index = 0
     while chunk := list(itertools.islice(documents, size)):
-        yield chunk
+        yield first_index, chunk
+        first_index += len(chunk)
 
 
 class _ShardWriter:
-    """Fills a fixed buffer (tokens_per_shard,) and writes `fineweb_{split}_NNNNNN.bin` each time it is full."""
+    """Fills a fixed buffer (tokens_per_shard,) and writes `{prefix}_NNNNNN.bin` each time it is full."""
 
-    def __init__(self, out_dir: Path, split: str, tokens_per_shard: int, log):
-        self.out_dir, self.split, self.log = out_dir, split, log
+    def __init__(self, out_dir: Path, prefix: str, split: str, tokens_per_shard: int, log):
+        self.out_dir, self.prefix, self.split, self.log = out_dir, prefix, split, log
         self.buffer = np.empty(tokens_per_shard, dtype=np.uint16)
         self.fill = 0
         self.num_files = 0
         self.num_tokens = 0
         self.num_docs = 0
+        self.total = 0  # sum of the values written (the byte count of a sidecar)
 
     def add(self, tokens: np.ndarray) -> None:
         self.num_docs += 1
         self.num_tokens += tokens.size
+        self.total += int(tokens.sum(dtype=np.int64))
         position = 0
         while position < tokens.size:
             step = min(self.buffer.size - self.fill, tokens.size - position)
@@ -149,9 +192,9 @@ class _ShardWriter:
     def flush(self) -> None:
         if self.fill == 0:
             return
-        path = self.out_dir / f"fineweb_{self.split}_{self.num_files:06d}.bin"
+        path = self.out_dir / f"{self.prefix}_{self.num_files:06d}.bin"
         write_shard(path, self.buffer[:self.fill])
-        self.log(f"wrote {path.name}: {self.fill:,} tokens")
+        self.log(f"wrote {path.name}: {self.fill:,} values")
         self.num_files += 1
         self.fill = 0
 
@@ -172,7 +215,7 @@ def existing_dataset_files(out_dir: Path) -> list[Path]:
     """The files of a dataset already in `out_dir`: shards, manifest.json and the tokenizer it names."""
     if not out_dir.is_dir():
         return []
-    files = list_shards(out_dir, "train") + list_shards(out_dir, "val")
+    files = sorted(out_dir.glob("fineweb_*.bin"))  # any shard size, sidecars included: builds never mix
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.is_file():
         files.append(manifest_path)
@@ -244,30 +287,47 @@ def _sibling_folder(out_dir: Path, purpose: str) -> Path:
 
 
 def _install_tokenizer(tokenizer: Path | None, vocab_size: int | None, inputs, one_doc_per_file: bool,
-                       out_dir: Path, max_sample_bytes: int, log) -> Path:
+                       out_dir: Path, max_sample_bytes: int, is_caseops: bool, log) -> Path:
     if tokenizer is not None:
-        load_sentencepiece(tokenizer)  # fail early on a bad file
+        processor = load_sentencepiece(tokenizer)  # fail early on a bad file
+        if is_caseops:
+            check_caseops_tokenizer(processor, tokenizer)
+        elif is_caseops_tokenizer(processor):
+            raise PgolfError(f"{tokenizer} is a CaseOps tokenizer (markers at ids 4-7); pass --caseops")
         target = out_dir / tokenizer.name
         if tokenizer.resolve() != target.resolve():
             shutil.copyfile(tokenizer, target)
             if tokenizer.with_suffix(".vocab").is_file():
                 shutil.copyfile(tokenizer.with_suffix(".vocab"), target.with_suffix(".vocab"))
         return target
-    target = out_dir / f"tokenizer_{vocab_size}_bpe.model"
-    log(f"training a {vocab_size}-piece SentencePiece BPE tokenizer on up to {max_sample_bytes:,} bytes of text")
-    return train_sentencepiece(iter_documents(inputs, one_doc_per_file), target, vocab_size,
-                               max_sample_bytes=max_sample_bytes)
+    target = out_dir / f"tokenizer_{vocab_size}_bpe{'_caseops' if is_caseops else ''}.model"
+    log(f"training a {vocab_size}-piece SentencePiece BPE tokenizer on up to {max_sample_bytes:,} bytes of "
+        f"{'CaseOps-encoded ' if is_caseops else ''}text")
+    documents = iter_documents(inputs, one_doc_per_file)
+    if is_caseops:
+        documents = map(caseops.encode, documents)
+    return train_sentencepiece(documents, target, vocab_size, max_sample_bytes=max_sample_bytes,
+                               is_caseops=is_caseops)
 
 
 def build_dataset(inputs: list, out_dir, *, tokenizer=None, vocab_size: int | None = None, val_docs: int = 50_000,
                   tokens_per_shard: int = DEFAULT_TOKENS_PER_SHARD, one_doc_per_file: bool = False,
                   workers: int = 1, max_sample_bytes: int = 200_000_000, overwrite: bool = False,
+                  is_caseops: bool = False, sidecar: bool | None = None,
                   progress: bool | None = None, log=print) -> BuildResult:
-    """Tokenise `inputs` into shards under `out_dir` and write its manifest.json."""
+    """Tokenise `inputs` into shards under `out_dir` and write its manifest.json.
+
+    `sidecar` (default: on exactly when `is_caseops`) writes the val split's byte sidecar.
+    """
+    with_sidecar = is_caseops if sidecar is None else bool(sidecar)
+    if is_caseops and not with_sidecar:
+        raise PgolfError("a CaseOps dataset needs its byte sidecar: bits per byte must count the original bytes")
     if (tokenizer is None) == (vocab_size is None):
         raise PgolfError("give exactly one of --tokenizer MODEL or --vocab-size V")
-    if vocab_size is not None and not 260 < vocab_size <= 65536:
-        raise PgolfError(f"--vocab-size {vocab_size} must be above 260 (4 special + 256 byte pieces) and at most 65536")
+    reserved = 264 if is_caseops else 260  # 4 special (+ 4 CaseOps markers) + 256 byte pieces
+    if vocab_size is not None and not reserved < vocab_size <= 65536:
+        raise PgolfError(f"--vocab-size {vocab_size} must be above {reserved} (special, "
+                         f"{'CaseOps marker ' if is_caseops else ''}and 256 byte pieces) and at most 65536")
     if val_docs < 1 or tokens_per_shard < 1 or workers < 1:
         raise PgolfError("--val-docs, --tokens-per-shard and --workers must be positive")
     out_dir = Path(out_dir)
@@ -277,17 +337,19 @@ def build_dataset(inputs: list, out_dir, *, tokenizer=None, vocab_size: int | No
         raise PgolfError(f"--out {out_dir} is a file, not a folder")
     old_files = existing_dataset_files(out_dir)
     if old_files and not overwrite:
-        raise PgolfError(f"{out_dir} already holds a dataset ({old_files[0].name}); pass --overwrite or pick "
-                         "another --out")
+        raise PgolfError(f"{out_dir} already holds {len(old_files)} file(s) of another build ({old_files[0].name}); "
+                         "shards of two builds must never mix: pass --overwrite (replaces them) or pick another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _sibling_folder(out_dir, "build")
     try:
         result = _build_into(staging, out_dir.name, inputs, tokenizer, vocab_size, val_docs, tokens_per_shard,
-                             one_doc_per_file, workers, max_sample_bytes, progress, log)
+                             one_doc_per_file, workers, max_sample_bytes, is_caseops, with_sidecar, progress, log)
         _swap_in(staging, out_dir, old_files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"dataset {out_dir}: {result.stats['docs_val']:,} val docs / {result.stats['tokens_val']:,} tokens, "
+    sidecar_note = f" / {result.stats['bytes_val']:,} original bytes in the sidecar" if with_sidecar else ""
+    log(f"dataset {out_dir}: {result.stats['docs_val']:,} val docs / {result.stats['tokens_val']:,} tokens"
+        f"{sidecar_note}, "
         f"{result.stats['docs_train']:,} train docs / {result.stats['tokens_train']:,} tokens in "
         f"{result.stats['files_train']} shard(s)")
     return BuildResult(out_dir, out_dir / MANIFEST_NAME, out_dir / result.tokenizer_path.name, result.stats)
@@ -295,21 +357,24 @@ def build_dataset(inputs: list, out_dir, *, tokenizer=None, vocab_size: int | No
 
 def _build_into(out_dir: Path, name: str, inputs: list[Path], tokenizer, vocab_size: int | None, val_docs: int,
                 tokens_per_shard: int, one_doc_per_file: bool, workers: int, max_sample_bytes: int,
-                progress: bool | None, log) -> BuildResult:
+                is_caseops: bool, with_sidecar: bool, progress: bool | None, log) -> BuildResult:
     """The build itself, into an empty folder; the dataset is named `name` in its manifest."""
     model_path = _install_tokenizer(Path(tokenizer) if tokenizer else None, vocab_size, inputs, one_doc_per_file,
-                                    out_dir, max_sample_bytes, log)
+                                    out_dir, max_sample_bytes, is_caseops, log)
     processor = load_sentencepiece(model_path)
     if processor.get_piece_size() > 65536:
         raise PgolfError(f"{model_path}: {processor.get_piece_size()} pieces do not fit uint16 shards")
 
     show_bar = sys.stderr.isatty() if progress is None else progress
-    writers = {split: _ShardWriter(out_dir, split, tokens_per_shard, log) for split in ("val", "train")}
+    writers = {split: _ShardWriter(out_dir, f"fineweb_{split}", split, tokens_per_shard, log)
+               for split in ("val", "train")}
+    sidecar_writer = _ShardWriter(out_dir, SIDECAR_PREFIX.rstrip("_"), "val_bytes", tokens_per_shard, log)
+    settings = _EncodeSettings(str(model_path), is_caseops, val_docs, with_sidecar)
     chunks = _chunks(iter_documents(inputs, one_doc_per_file), DOCS_PER_CHUNK)
-    pool = get_context("spawn").Pool(workers, _init_worker, (str(model_path),)) if workers > 1 else None
+    pool = get_context("spawn").Pool(workers, _init_worker, (settings,)) if workers > 1 else None
     try:
         if pool is None:
-            _init_worker(str(model_path))
+            _init_worker(settings)
             encoded_chunks = map(_encode_chunk, chunks)
         else:
             encoded_chunks = pool.imap(_encode_chunk, chunks)  # imap keeps document order
@@ -318,17 +383,22 @@ def _build_into(out_dir: Path, name: str, inputs: list[Path], tokenizer, vocab_s
         with tqdm(unit="docs", desc="encoding", disable=not show_bar) as bar:
             document_index = 0
             for encoded in encoded_chunks:
-                for tokens in encoded:
-                    writer = writers["val"] if document_index < val_docs else writers["train"]
-                    if document_index == val_docs:
+                for tokens, token_bytes in encoded:
+                    if document_index == val_docs:  # train starts after the last val document
                         writers["val"].flush()
-                    writer.add(tokens)
+                        sidecar_writer.flush()
+                    if document_index < val_docs:
+                        writers["val"].add(tokens)
+                        if token_bytes is not None:
+                            sidecar_writer.add(token_bytes)
+                    else:
+                        writers["train"].add(tokens)
                     document_index += 1
                 bar.update(len(encoded))
     finally:
         if pool is not None:
             pool.terminate()
-    for writer in writers.values():
+    for writer in (*writers.values(), sidecar_writer):
         writer.flush()
     if writers["train"].num_docs == 0:
         raise PgolfError(f"the input holds only {writers['val'].num_docs} documents and --val-docs {val_docs} "
@@ -339,19 +409,38 @@ def _build_into(out_dir: Path, name: str, inputs: list[Path], tokenizer, vocab_s
         stats.update(writer.stats())
     for key in ("docs", "files", "tokens"):
         stats[f"{key}_total"] = stats[f"{key}_val"] + stats[f"{key}_train"]
+    if with_sidecar:
+        stats.update(files_val_bytes=sidecar_writer.num_files, bytes_val=sidecar_writer.total)
     manifest_path = write_manifest(out_dir, model_path, processor.get_piece_size(), stats, tokens_per_shard,
-                                   [str(path) for path in inputs], name=name)
+                                   [str(path) for path in inputs], name=name, one_doc_per_file=one_doc_per_file,
+                                   is_caseops=is_caseops, with_sidecar=with_sidecar)
     return BuildResult(out_dir, manifest_path, model_path, stats)
 
 
 def write_manifest(out_dir: Path, model_path: Path, vocab_size: int, stats: dict, tokens_per_shard: int,
-                   sources: list[str], name: str | None = None) -> Path:
+                   sources: list[str], name: str | None = None, one_doc_per_file: bool = False,
+                   is_caseops: bool = False, with_sidecar: bool = False) -> Path:
+    """`sources` and `one_doc_per_file` let `pgolf verify` re-read the original val documents."""
     tokenizer_name = model_path.stem
+    dataset = {
+        "name": name or out_dir.name,
+        "tokenizer_name": tokenizer_name,
+        "path": ".",
+        "train_glob": "fineweb_train_*.bin",
+        "val_glob": "fineweb_val_[0-9]*.bin",
+        "vocab_size": vocab_size,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "stats": stats,
+    }
+    if with_sidecar:
+        dataset["val_bytes_glob"] = f"{SIDECAR_PREFIX}*.bin"
     manifest = {
         "format": "pgolf-dataset-1",
         "shard_size": tokens_per_shard,
         "append_eos": False,
         "sources": sources,
+        "one_doc_per_file": one_doc_per_file,
         "tokenizers": [{
             "name": tokenizer_name,
             "kind": "sentencepiece_bpe",
@@ -360,18 +449,9 @@ def write_manifest(out_dir: Path, model_path: Path, vocab_size: int, stats: dict
             "eos_id": EOS_ID,
             "model_path": model_path.name,
             "sha256": sha256_file(model_path),
+            "text_transform": caseops.NAME if is_caseops else "identity",
         }],
-        "datasets": [{
-            "name": name or out_dir.name,
-            "tokenizer_name": tokenizer_name,
-            "path": ".",
-            "train_glob": "fineweb_train_*.bin",
-            "val_glob": "fineweb_val_*.bin",
-            "vocab_size": vocab_size,
-            "bos_id": BOS_ID,
-            "eos_id": EOS_ID,
-            "stats": stats,
-        }],
+        "datasets": [dataset],
     }
     path = out_dir / MANIFEST_NAME
     temporary = path.with_name(path.name + ".tmp")

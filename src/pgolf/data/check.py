@@ -1,7 +1,8 @@
 """Validation of a dataset folder: shards, the manifest's counts, the tokenizer.
 
 `check_dataset` raises `PgolfError` (naming the file) at the first problem and
-returns a summary otherwise. It accepts both layouts: a built folder with its
+returns a summary otherwise. A byte sidecar, when present, must pair with
+the val shards value for value (and match the manifest's `bytes_val`). It accepts both layouts: a built folder with its
 own manifest.json, and the fetch layout DEST/datasets/<name>/ whose manifest
 (the official one) lies at DEST/manifest.json and describes every train shard
 published, of which only a prefix may be present.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pgolf.data.shards import (dataset_entry, find_manifest, find_tokenizer, list_shards, read_shard,
+from pgolf.data.shards import (dataset_entry, find_manifest, find_tokenizer, list_shards, load_val_bytes, read_shard,
                                resolve_dataset_dir, tokenizer_entry, validate_shard)
 from pgolf.data.tokenizer import BOS_ID, load_sentencepiece, sha256_file
 from pgolf.errors import PgolfError
@@ -31,6 +32,7 @@ class CheckSummary:
     num_train_tokens: int
     manifest_path: Path | None
     notes: list[str] = field(default_factory=list)
+    num_val_bytes: int | None = None  # the byte sidecar's sum, when the dataset has one
 
     def lines(self) -> list[str]:
         lines = [
@@ -40,6 +42,8 @@ class CheckSummary:
             f"val: {self.num_val_files} shard(s), {self.num_val_tokens:,} tokens",
             f"train: {self.num_train_files} shard(s), {self.num_train_tokens:,} tokens",
         ]
+        if self.num_val_bytes is not None:
+            lines.append(f"val byte sidecar: {self.num_val_bytes:,} original bytes (bpb counts these)")
         return lines + [f"note: {note}" for note in self.notes] + ["check: ok"]
 
 
@@ -95,10 +99,13 @@ def check_dataset(path, scan_tokens: bool = False) -> CheckSummary:
         if scan_tokens and stats.get("docs_val") is not None:
             documents = sum(int(np.count_nonzero(read_shard(file) == BOS_ID)) for file in val_files)
             _expect(documents, stats["docs_val"], "docs_val (bos tokens in val)", manifest_path)
+    val_tokens = np.concatenate([read_shard(file) for file in val_files]) if scan_tokens else None
+    val_bytes = load_val_bytes(dataset_dir, val_tokens)
     if scan_tokens:
         for file in val_files + train_files:
             tokens = read_shard(file)
             if tokens.size and int(tokens.max()) >= vocab_size:
                 raise PgolfError(f"{file}: token id {int(tokens.max())} is outside the vocabulary of {vocab_size}")
     return CheckSummary(dataset_dir, tokenizer_path, vocab_size, len(val_files), sum(val_counts),
-                        len(train_files), sum(train_counts), manifest_path, notes)
+                        len(train_files), sum(train_counts), manifest_path, notes,
+                        None if val_bytes is None else int(val_bytes.sum(dtype=np.int64)))

@@ -22,6 +22,18 @@ file lists (`train_files`/`val_files`) win when present; otherwise names are
 derived from the counts (`fineweb_train_{i:06d}.bin`). Missing pieces fall
 back to one val shard and the sp1024 tokenizer file names.
 
+Variant `sp8192-caseops` is the frontier's CaseOps export (frontier.md §1),
+another dataset repo with the same layout:
+
+    romeerp/parameter-golf-caseops-v1
+    datasets/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved/
+        fineweb_train_*.bin, fineweb_val_000000.bin, fineweb_val_bytes_000000.bin (the byte sidecar)
+    datasets/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model
+
+Its val byte sidecar comes with the val split (`val_bytes_files` in the
+manifest, else one `fineweb_val_bytes_*` per val shard), and its tokenizer
+must have the published sha256.
+
 Every file is fetched with `hf_hub_download` into DEST/.download/ (its own
 temporary names), validated there, then renamed into place: a file under its
 final name is always complete. Files already present and valid are skipped,
@@ -36,13 +48,37 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgolf.data.shards import ShardError, validate_shard
+from pgolf.data.shards import ShardError, sidecar_path, validate_shard
+from pgolf.data.tokenizer import sha256_file
 from pgolf.errors import PgolfError
 
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"
 STAGING_DIR = ".download"
-VARIANTS = ("byte260", "sp512", "sp1024", "sp2048", "sp4096")
+
+
+@dataclass(frozen=True)
+class Variant:
+    repo_id: str
+    dataset_name: str
+    tokenizer_files: tuple[str, ...]  # used when the manifest names none; relative to the remote root
+    tokenizer_sha256: str | None = None  # the published model's, checked after download
+    has_sidecar: bool = False
+
+
+def _official(size: str) -> Variant:
+    return Variant(REPO_ID, f"fineweb10B_{size}",
+                   (f"tokenizers/fineweb_{size.removeprefix('sp')}_bpe.model",
+                    f"tokenizers/fineweb_{size.removeprefix('sp')}_bpe.vocab"))
+
+
+CASEOPS_NAME = "sp8192_lossless_caps_caseops_v1_reserved"
+VARIANTS = {
+    **{size: _official(size) for size in ("byte260", "sp512", "sp1024", "sp2048", "sp4096")},
+    "sp8192-caseops": Variant("romeerp/parameter-golf-caseops-v1", f"fineweb10B_{CASEOPS_NAME}",
+                              ("tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",),
+                              "97754754561f20def5edd99765ca0668f880bd94e67316d54aa10ab25f45cc4d", has_sidecar=True),
+}
 
 
 @dataclass
@@ -51,6 +87,7 @@ class FetchPlan:
     val_files: list[str]
     train_files: list[str]  # every train shard the manifest lists, in order
     tokenizer_files: list[str] = field(default_factory=list)  # paths relative to the remote root
+    val_bytes_files: list[str] = field(default_factory=list)  # the val split's byte sidecar, when it has one
 
 
 def _first_int(mappings: list[dict], keys: tuple[str, ...]) -> int | None:
@@ -73,7 +110,8 @@ def _file_list(mappings: list[dict], keys: tuple[str, ...]) -> list[str] | None:
 
 def plan_from_manifest(manifest: dict, variant: str) -> FetchPlan:
     """What to fetch for `variant`, read tolerantly from the manifest (see the module docstring)."""
-    dataset_name = f"fineweb10B_{variant}"
+    known = VARIANTS.get(variant)
+    dataset_name = known.dataset_name if known else f"fineweb10B_{variant}"
     entries = [entry for entry in manifest.get("datasets", []) if isinstance(entry, dict)] \
         if isinstance(manifest, dict) else []
     entry = next((e for e in entries if e.get("name") in (dataset_name, variant)), None) \
@@ -96,11 +134,15 @@ def plan_from_manifest(manifest: dict, variant: str) -> FetchPlan:
                        if tokenizer and tokenizer.get(key)]
     if not tokenizer_files:
         size = variant.removeprefix("sp")
-        tokenizer_files = [f"tokenizers/fineweb_{size}_bpe.model", f"tokenizers/fineweb_{size}_bpe.vocab"]
-    return FetchPlan(dataset_name, val_files, train_files, list(dict.fromkeys(tokenizer_files)))
+        tokenizer_files = list(known.tokenizer_files) if known else [f"tokenizers/fineweb_{size}_bpe.model",
+                                                                     f"tokenizers/fineweb_{size}_bpe.vocab"]
+    val_bytes_files = []
+    if known is not None and known.has_sidecar:
+        val_bytes_files = _file_list(scopes, ("val_bytes_files",)) or [sidecar_path(name).name for name in val_files]
+    return FetchPlan(dataset_name, val_files, train_files, list(dict.fromkeys(tokenizer_files)), val_bytes_files)
 
 
-def _is_valid(local: Path) -> bool:
+def _is_valid(local: Path, expected_sha256: str | None) -> bool:
     if not local.is_file():
         return False
     if local.suffix == ".bin":
@@ -109,6 +151,8 @@ def _is_valid(local: Path) -> bool:
         except ShardError:
             return False
         return True
+    if expected_sha256 is not None and local.suffix == ".model":
+        return sha256_file(local) == expected_sha256
     return local.stat().st_size > 0
 
 
@@ -132,9 +176,15 @@ class _Downloader:
             raise PgolfError(f"download of {remote} from {self.repo_id} on {where} failed: {first_line}; "
                              "rerun the same command to resume (files already fetched are kept)") from error
 
-    def install(self, relative: str, local: Path) -> str:
+    def install(self, relative: str, local: Path, expected_sha256: str | None = None) -> str:
         """Fetch, validate and rename one file into place; returns a short status."""
         staged = self.download(relative)
+        if expected_sha256 is not None and local.suffix == ".model":
+            actual = sha256_file(staged)
+            if actual != expected_sha256:
+                staged.unlink(missing_ok=True)
+                raise PgolfError(f"downloaded {relative} has sha256 {actual[:16]}..., not the published "
+                                 f"{expected_sha256[:16]}...; refusing a tokenizer that is not the recipe's")
         if local.suffix == ".bin":
             try:
                 count = validate_shard(staged)
@@ -149,18 +199,37 @@ class _Downloader:
         return status
 
 
-def fetch_dataset(dest="data", variant: str = "sp1024", train_shards: int = 1, *, repo_id: str = REPO_ID,
+def _refuse_other_export(dest: Path, dataset_name: str) -> None:
+    """DEST/manifest.json describes the export in DEST; fetching another one there would replace it and
+    leave the first export's dataset with a manifest (and tokenizer) that is not its own."""
+    current = dest / "manifest.json"
+    try:
+        entries = json.loads(current.read_text(encoding="utf-8")).get("datasets", []) if current.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        return
+    names = [str(entry.get("name")) for entry in entries if isinstance(entry, dict)]
+    present = [name for name in names if (dest / "datasets" / name).is_dir()]
+    if dataset_name not in names and present:
+        raise PgolfError(f"{dest} already holds {present[0]} from another export, whose manifest this fetch "
+                         f"would replace; pass another --dest")
+
+
+def fetch_dataset(dest="data", variant: str = "sp1024", train_shards: int = 1, *, repo_id: str | None = None,
                   revision: str | None = None, endpoint: str | None = None, cache_dir=None,
                   progress: bool | None = None, log=print) -> Path:
-    """Fetch the manifest, the tokenizer, the whole val split and the first `train_shards` train shards.
+    """Fetch the manifest, the tokenizer, the whole val split (and its byte sidecar) and the first
+    `train_shards` train shards. `repo_id` defaults to the variant's.
 
     Returns the dataset folder DEST/datasets/<dataset name>/.
     """
     if variant not in VARIANTS:
         raise PgolfError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    repo_id = repo_id or VARIANTS[variant].repo_id
+    expected_sha256 = VARIANTS[variant].tokenizer_sha256
     if train_shards < 0:
         raise PgolfError(f"--train-shards must be >= 0, got {train_shards}")
     dest = Path(dest)
+    _refuse_other_export(dest, VARIANTS[variant].dataset_name)
     dest.mkdir(parents=True, exist_ok=True)
     show_bar = sys.stderr.isatty() if progress is None else progress
     if not show_bar:
@@ -186,7 +255,7 @@ def fetch_dataset(dest="data", variant: str = "sp1024", train_shards: int = 1, *
 
     shard_prefix = f"datasets/{plan.dataset_name}"
     wanted = list(plan.tokenizer_files)
-    wanted += [f"{shard_prefix}/{name}" for name in plan.val_files]
+    wanted += [f"{shard_prefix}/{name}" for name in plan.val_files + plan.val_bytes_files]
     wanted += [f"{shard_prefix}/{name}" for name in plan.train_files[:train_shards]]
 
     from tqdm import tqdm
@@ -195,11 +264,11 @@ def fetch_dataset(dest="data", variant: str = "sp1024", train_shards: int = 1, *
     with tqdm(total=len(wanted), unit="file", desc="fetch", disable=not show_bar) as bar:
         for index, relative in enumerate(wanted, 1):
             local = dest / relative
-            if _is_valid(local):
+            if _is_valid(local, expected_sha256):
                 skipped += 1
                 status = "present, skipped"
             else:
-                status = downloader.install(relative, local)
+                status = downloader.install(relative, local, expected_sha256)
                 fetched += 1
             if not show_bar:
                 log(f"[{index}/{len(wanted)}] {relative}: {status}")

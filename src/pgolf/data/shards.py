@@ -5,6 +5,10 @@ tokens. header[0] = 20240520 (magic), header[1] = 1 (version), header[2] =
 number of tokens; the file size must be exactly 1024 + 2 * count bytes.
 Anything else is a corrupt shard and raises `ShardError` naming the file.
 
+A dataset may carry a byte sidecar beside its val shards (frontier.md §1):
+`fineweb_val_bytes_NNNNNN.bin`, the same format, one uint16 per val token
+(`pgolf.data.sidecar`). A val glob must not pick those up as val shards.
+
 Reading is memory-mapped, so taking a slice of a 200 MB shard does not copy it
 into RAM. Writing goes to a temporary name in the same folder and is renamed
 into place, so a half-written shard never carries the final name.
@@ -28,6 +32,8 @@ TOKEN_BYTES = 2
 DEFAULT_VARIANT_DIR = "fineweb10B_sp1024"
 DEFAULT_TOKENIZER_NAME = "fineweb_1024_bpe.model"
 MANIFEST_NAME = "manifest.json"
+SIDECAR_MARK = "_bytes_"  # in the name of a byte sidecar shard, never of a token shard
+SIDECAR_PREFIX = "fineweb_val_bytes_"
 
 
 class ShardError(PgolfError):
@@ -115,10 +121,59 @@ def write_shard(path, tokens: np.ndarray) -> None:
 
 
 def list_shards(data_dir, split: str) -> list[Path]:
-    """Sorted `fineweb_{split}_*.bin` files of a dataset folder."""
+    """Sorted `fineweb_{split}_*.bin` token shards of a dataset folder (byte sidecars excluded)."""
     if split not in ("train", "val"):
         raise PgolfError(f"split must be 'train' or 'val', got {split!r}")
-    return sorted(Path(data_dir).glob(f"fineweb_{split}_*.bin"))
+    return sorted(path for path in Path(data_dir).glob(f"fineweb_{split}_*.bin") if SIDECAR_MARK not in path.name)
+
+
+def sidecar_path(val_shard) -> Path:
+    """`fineweb_val_bytes_NNNNNN.bin` beside `fineweb_val_NNNNNN.bin`."""
+    val_shard = Path(val_shard)
+    return val_shard.with_name(val_shard.name.replace("fineweb_val_", SIDECAR_PREFIX, 1))
+
+
+def list_sidecar_shards(data_dir) -> list[Path]:
+    """Sorted byte sidecar shards of a dataset folder (empty when it has none)."""
+    return sorted(Path(data_dir).glob(f"{SIDECAR_PREFIX}*.bin"))
+
+
+def load_val_bytes(data_dir, val_tokens=None) -> np.ndarray | None:
+    """The byte sidecar as int32 of shape (N,), aligned with `load_val_tokens`; None when there is none.
+
+    Opening checks: one sidecar shard per val shard with the same token count, (given the val tokens)
+    0 bytes at every bos, a positive sum, equal to the manifest's `bytes_val` when it records one.
+    """
+    sidecars, val_files = list_sidecar_shards(data_dir), list_shards(data_dir, "val")
+    if not sidecars:
+        return None
+    if [sidecar_path(path) for path in val_files] != sidecars:
+        raise ShardError(f"{data_dir}: byte sidecars {[p.name for p in sidecars]} do not pair one to one with "
+                         f"val shards {[p.name for p in val_files]}")
+    parts = []
+    for val_file, sidecar in zip(val_files, sidecars):
+        count, expected = read_shard_header(sidecar), read_shard_header(val_file)
+        if count != expected:
+            raise ShardError(f"{sidecar}: {count:,} byte counts but {val_file.name} has {expected:,} tokens")
+        parts.append(np.asarray(read_shard(sidecar), dtype=np.int32))
+    values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    if val_tokens is not None:
+        from pgolf.data.tokenizer import BOS_ID
+
+        bos_bytes = values[np.asarray(val_tokens) == BOS_ID]
+        if bos_bytes.size and int(bos_bytes.max()) != 0:
+            raise ShardError(f"{data_dir}: the byte sidecar gives {int(np.count_nonzero(bos_bytes))} bos "
+                             f"token(s) a nonzero byte count; a bos stands for no byte")
+    total = int(values.sum(dtype=np.int64))
+    if total <= 0:
+        raise ShardError(f"{data_dir}: the byte sidecar sums to {total} bytes")
+    found = find_manifest(data_dir)
+    entry = dataset_entry(found[1], Path(data_dir).name) if found else None
+    expected_sum = ((entry or {}).get("stats") or {}).get("bytes_val")
+    if expected_sum is not None and total != int(expected_sum):
+        raise ShardError(f"{data_dir}: the byte sidecar sums to {total:,} bytes but the manifest says "
+                         f"bytes_val = {int(expected_sum):,}")
+    return values
 
 
 def load_val_tokens(data_dir):
@@ -200,6 +255,9 @@ def find_tokenizer(dataset_dir) -> Path:
     fallback = dataset_dir.parent.parent / "tokenizers" / DEFAULT_TOKENIZER_NAME
     if fallback.is_file():
         return fallback
+    models = sorted((dataset_dir.parent.parent / "tokenizers").glob("*.model"))
+    if len(models) == 1:  # the fetch layout of another export (e.g. the CaseOps one)
+        return models[0]
     raise PgolfError(
         f"no tokenizer for {dataset_dir}: no manifest names one and {fallback} is missing; {_HOW_TO_GET}"
     )

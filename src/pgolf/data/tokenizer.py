@@ -3,7 +3,11 @@
 The official sp1024 tokenizer is a BPE model with ids pad=0, bos=1, eos=2,
 unk=3, byte fallback, digits split, nmt_nfkc normalisation, no dummy prefix
 and character coverage 0.999. `train_sentencepiece` reproduces those settings
-for any vocabulary size, training on a bounded sample of documents.
+for any vocabulary size, training on a bounded sample of documents. With
+`is_caseops` it trains the frontier's CaseOps tokenizer instead (frontier.md
+§1): the four CaseOps markers as user-defined symbols at ids 4-7,
+`hard_vocab_limit` off and pieces of at most 16 characters, on text the
+caller has already CaseOps-encoded.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ def _sample_sentences(documents: Iterable[str], max_bytes: int) -> Iterator[str]
 
 
 def train_sentencepiece(documents: Iterable[str], model_path, vocab_size: int,
-                        max_sample_bytes: int = DEFAULT_SAMPLE_BYTES, num_threads: int = 1) -> Path:
+                        max_sample_bytes: int = DEFAULT_SAMPLE_BYTES, num_threads: int = 1,
+                        is_caseops: bool = False) -> Path:
     """Train a BPE model with the official settings; writes `model_path` (and the .vocab beside it)."""
     import sentencepiece as spm
+
+    from pgolf.data.caseops import MARKERS
 
     model_path = Path(model_path)
     if model_path.suffix != ".model":
@@ -62,7 +69,10 @@ def train_sentencepiece(documents: Iterable[str], model_path, vocab_size: int,
             normalization_rule_name="nmt_nfkc",
             add_dummy_prefix=False,
             character_coverage=0.999,
-            hard_vocab_limit=True,
+            remove_extra_whitespaces=True,
+            max_sentencepiece_length=16,
+            user_defined_symbols=list(MARKERS) if is_caseops else [],
+            hard_vocab_limit=not is_caseops,
             num_threads=num_threads,
             minloglevel=2,
         )
@@ -96,3 +106,23 @@ def load_sentencepiece(model_path):
         return spm.SentencePieceProcessor(model_file=str(model_path))
     except (RuntimeError, OSError) as error:
         raise PgolfError(f"{model_path}: not a SentencePiece model ({str(error).splitlines()[-1]})") from None
+
+
+def check_caseops_tokenizer(processor, where) -> None:
+    """PgolfError unless ids 4-7 are the CaseOps markers TITLE, ALLCAPS, CAPNEXT, ESC, each encoded alone."""
+    from pgolf.data.caseops import MARKERS
+
+    for offset, marker in enumerate(MARKERS):
+        token_id = 4 + offset
+        if (token_id >= processor.get_piece_size() or processor.id_to_piece(token_id) != marker
+                or processor.encode(marker) != [token_id]):
+            raise PgolfError(f"{where}: not a CaseOps tokenizer: id {token_id} must be the user-defined symbol "
+                             f"U+{ord(marker):04X}")
+
+
+def is_caseops_tokenizer(processor) -> bool:
+    try:
+        check_caseops_tokenizer(processor, "")
+    except PgolfError:
+        return False
+    return True
