@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a model, write its artifact and score it",
                                    description="Train with a preset; the run folder gets config.json, train.log, "
                                                "metrics.jsonl, curves.png, model.pgolf and result.json.")
-    parser.add_argument("--preset", default="pr198", help="pr198 (the record recipe), baseline or tiny")
+    parser.add_argument("--preset", default="pr198", help="pr198 (the record recipe), baseline, tiny, frontier or frontier-tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (repeatable), e.g. --set iterations=500")
     parser.add_argument("--data", help="dataset folder (from `pgolf data fetch` or `pgolf data build`)")
@@ -54,6 +54,7 @@ def dry_run(config: RunConfig) -> int:
 
     from pgolf.accounting import BUDGET_BYTES, code_bytes, predict_model_bytes
     from pgolf.model import GPT, num_parameters
+    from pgolf.model_parts import parameter_breakdown
     from pgolf.quant import SCHEMES
 
     with torch.device("meta"):
@@ -61,6 +62,8 @@ def dry_run(config: RunConfig) -> int:
     predicted = predict_model_bytes(config.model, SCHEMES[config.quant_scheme])
     print(run_config_to_json(config))
     print(f"parameters:{num_parameters(model)}")
+    for kind, num_tensors, count in parameter_breakdown(model):
+        print(f"  {kind:<58} {num_tensors:>4} tensors {count:>12,}")
     print(f"grad_accum_steps_per_process:{config.grad_accum_steps(1)} (one process; divided by the world size)")
     total = predicted + code_bytes()
     print(f"predicted_bytes_total:{total} budget:{BUDGET_BYTES} fits:{total <= BUDGET_BYTES}")
