@@ -335,3 +335,32 @@ def test_looped_laned_forward_compiles_to_one_graph_without_breaks():
     assert explanation.graph_count == 1 and explanation.graph_break_count == 0, explanation.break_reasons
     compiled = torch.compile(model, backend="eager", fullgraph=False, dynamic=False)
     torch.testing.assert_close(compiled(ids, ids), model(ids, ids))
+
+
+def test_new_parameters_get_the_small_tensor_rule_of_the_pr198_scheme():
+    from pgolf.quant import category_of, choose_method
+
+    model = GPT(frontier_tiny().model)
+    methods = {name: choose_method(name, parameter.detach(), "pr198") for name, parameter in model.named_parameters()}
+    for name in ("blocks.0.attn.gate", "skip_gates", "lane_mix", "lane_residual", "smear.gate", "smear.strength"):
+        assert methods[name] == "fp16" and category_of(name) == "control", name
+    assert methods["blocks.0.mlp.fc.weight"] == "int6" and methods["tok_emb.weight"] == "int8"
+
+
+@pytest.mark.parametrize("switch", [
+    {"mlp_negative_slope": 0.5}, {"xsa_layers": (1, 2)}, {"rope_dims": 8}, {"layer_norm_scale": True},
+    {"skip_gates": True}, {"loop_layers": (1, 2), "num_loop_passes": 2}, {"parallel_lanes_from": 3},
+    {"attn_gate_window": 12}, {"smear_gate_window": 12},
+])
+def test_each_switch_keeps_the_pr198_tensors_and_changes_the_logits(switch):
+    """Off (the default), the pr198 model is built; on, the same shared weights give other logits."""
+    base = ModelConfig(vocab_size=64, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=2,
+                       bigram_buckets=0)
+    plain, switched = randomized(base), randomized(replace(base, **switch), seed=1)
+    target = switched.state_dict()
+    # every pr198 tensor still exists; loop_layers add skip slots, the input smear gate has a 12-wide w
+    assert set(plain.state_dict()) <= set(target)
+    shared = {name: value for name, value in plain.state_dict().items() if value.shape == target[name].shape}
+    switched.load_state_dict(shared, strict=False)
+    ids = torch.randint(2, 64, (2, 12), generator=torch.Generator().manual_seed(9))
+    assert not torch.allclose(plain(ids), switched(ids), atol=1e-4)
