@@ -11,12 +11,10 @@ calls per (rows, vocab) and the largest loss difference between the forms.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
-
-from pgolf import bench
+from cpu_attention_dtype import median_milliseconds  # sibling script: benchmarks/ is on sys.path
 
 SOFTCAP = 30.0
 SHAPES = ((8192, 1024), (2048, 8192))  # a tiny step's logits; one 2,048-token sequence at vocab 8192
@@ -28,11 +26,6 @@ def tanh_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def sigmoid_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(2 * SOFTCAP * torch.sigmoid(logits * (2 / SOFTCAP)), targets)
-
-
-def median_milliseconds(function, repeats: int = 5) -> float:
-    function()  # warm-up (and compilation)
-    return statistics.median(bench.time_calls(function, repeats, torch.device("cpu"))) * 1e3
 
 
 def main() -> None:

@@ -23,6 +23,17 @@ from pgolf.config import RunConfig
 from pgolf.errors import PgolfError
 
 
+@torch.no_grad()
+def copy_into(model: nn.Module, averages: dict[str, torch.Tensor]) -> None:
+    """Overwrite every parameter with its average, cast to the parameter's device and dtype."""
+    named = dict(model.named_parameters())
+    if set(named) != set(averages):
+        missing = sorted(set(named) ^ set(averages))
+        raise PgolfError(f"weight average does not match the model; differing parameters: {missing[:5]}")
+    for name, parameter in named.items():
+        parameter.copy_(averages[name].to(device=parameter.device, dtype=parameter.dtype))
+
+
 class WeightAverager:
     """Running sum of selected weight snapshots. `storage_device` None keeps each sum next to its parameter."""
 
@@ -62,12 +73,7 @@ class WeightAverager:
         """Replace the weights by the average of the snapshots (nothing happens with no snapshot)."""
         if self.count == 0:
             return
-        named = dict(model.named_parameters())
-        if set(named) != set(self.sums):
-            missing = sorted(set(named) ^ set(self.sums))
-            raise PgolfError(f"weight average does not match the model; differing parameters: {missing[:5]}")
-        for name, parameter in named.items():
-            parameter.copy_((self.sums[name] / self.count).to(device=parameter.device, dtype=parameter.dtype))
+        copy_into(model, {name: total / self.count for name, total in self.sums.items()})
 
     def state_dict(self) -> dict:
         return {"count": self.count, "sums": {name: tensor.detach().cpu() for name, tensor in self.sums.items()}}
@@ -122,14 +128,8 @@ class ExponentialAverager:
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> None:
         """Replace the weights by the average (nothing happens before `begin`)."""
-        if not self.averages:
-            return
-        named = dict(model.named_parameters())
-        if set(named) != set(self.averages):
-            missing = sorted(set(named) ^ set(self.averages))
-            raise PgolfError(f"weight average does not match the model; differing parameters: {missing[:5]}")
-        for name, parameter in named.items():
-            parameter.copy_(self.averages[name].to(device=parameter.device, dtype=parameter.dtype))
+        if self.averages:
+            copy_into(model, self.averages)
 
     def state_dict(self) -> dict:
         return {"count": self.count, "decay": self.decay,
