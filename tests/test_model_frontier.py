@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.config import ModelConfig, frontier, frontier_model, frontier_tiny
-from pgolf.model import GPT, Block, Rotary, apply_rotary, num_parameters
-from pgolf.model_parts import InputSmearGate, document_ids_from_boundaries, exclusive_self_attention, \
-    parameter_breakdown, sparse_attention_gate
+from pgolf.model import GPT, Block, InputSmearGate, Rotary, apply_rotary, document_ids_from_boundaries, \
+    exclusive_self_attention, num_parameters, sparse_attention_gate
+from pgolf.model_summary import parameter_breakdown
 
 BOS = 1
 # 4 layers, head_dim 16 with 8 rotated dims, layers 1-2 looped three times, lanes in layer 3
@@ -177,7 +177,8 @@ def test_frontier_initialisation():
     model = GPT(SMALL)
     assert torch.count_nonzero(model.smear.gate) == 0 and model.smear.strength.item() == 0.0
     assert torch.equal(model.skip_gates, torch.zeros(4, 64)) and torch.equal(model.skip_weights, torch.ones(4, 64))
-    assert torch.equal(model.lane_residual, torch.full((4, 2), 1.1)) and torch.equal(model.lane_mix, torch.ones(4, 2, 2))
+    assert torch.equal(model.lane_residual, torch.full((4, 2), 1.1))
+    assert torch.equal(model.lane_mix, torch.ones(4, 2, 2))
     for block in model.blocks:
         assert torch.equal(block.attn.gate, torch.zeros(4, 12))
         assert torch.equal(block.attn.q_gain, torch.full((4,), 5.0))

@@ -412,7 +412,8 @@ def _parse_tuple(text: str, element_type: type, key: str) -> tuple:
     try:
         return tuple(element_type(part) for part in parts)
     except ValueError:
-        raise PgolfError(f"--set {key}: expected comma-separated {element_type.__name__} values, got {text!r}") from None
+        raise PgolfError(f"--set {key}: expected comma-separated {element_type.__name__} values, "
+                         f"got {text!r}") from None
 
 
 def _parse_value(text: str, current: Any, key: str, annotation: str = "") -> Any:

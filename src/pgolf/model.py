@@ -1,4 +1,4 @@
-"""The PR-198 GPT: architecture only (no files, logging, distribution or env vars).
+"""The GPT of PR-198 and the frontier switches: architecture only (no files, logging, distribution or env vars).
 
     ids (B, T) -> tok_emb + BigramHash -> RMSNorm -> SmearGate = x0
     -> num_layers blocks (U-Net skips between the first and second half)
@@ -29,14 +29,14 @@ sits in the window. `forward(..., cu_seqlens=...)` takes precomputed document
 boundaries instead (document-packed training rows, `pgolf.data.packing`).
 
 The frontier switches (spec frontier.md §3; `ModelConfig` fields, all off by
-default, pieces in `pgolf.model_parts`): leaky-relu^2 MLP, XSA, partial rotary,
-norm scale 1/sqrt(l+1), gated skips, depth recurrence (`GPT.looping` picks the
-looped layer order; on after construction, so evaluation runs looped; the
-training loop switches it off until its start fraction), two parallel residual
-lanes in the last decoder layers, SparseAttnGate and the input-dependent
-SmearGate. With looping the virtual order is `ModelConfig.layer_order`; its
-first half is the U-Net encoder, and a looped block reuses its weights and its
-physical layer index.
+default): leaky-relu^2 MLP, XSA, partial rotary, norm scale 1/sqrt(l+1), gated
+skips, depth recurrence (`GPT.looping` picks the looped layer order; on after
+construction, so evaluation runs looped; the training loop switches it off until
+its start fraction), two parallel residual lanes in the last decoder layers,
+SparseAttnGate and the input-dependent SmearGate (formulas at each function).
+With looping the virtual order is `ModelConfig.layer_order`; its first half is
+the U-Net encoder, and a looped block reuses its weights and its physical layer
+index.
 
 Parallel lanes (decoder layers from `parallel_lanes_from`): lane0 = lane1 = x at
 the first such layer, the skip goes to lane0 only, then with A = a*Attn(norm(m0*lane0
@@ -57,8 +57,6 @@ from torch import nn
 
 from pgolf.attention import causal_attention
 from pgolf.config import ModelConfig
-from pgolf.model_parts import InputSmearGate, document_ids_from_boundaries, exclusive_self_attention, \
-    sparse_attention_gate
 
 # Multipliers of the bigram hash (spec section 3).
 BIGRAM_CUR_MULTIPLIER = 36313
@@ -135,6 +133,67 @@ class SmearGate(nn.Module):
             previous = previous.masked_fill(sequence_starts[:, :, None], 0.0)
         s = torch.sigmoid(self.gate).to(x.dtype)
         return (1 - s) * x + s * previous
+
+
+# ---------------------------------------------------------------- frontier pieces (spec frontier.md §3)
+
+
+def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """y - (y . v_hat) v_hat per query head, v_hat = v / |v| of the head's kv head at the same position.
+
+    y (B, T, H, D), v (B, T, Hkv, D) -> (B, T, H, D). Query heads are grouped as the attention
+    groups them (head h reads kv head h // (H / Hkv)), so v is broadcast, never repeated.
+    """
+    batch, length, num_heads, head_dim = y.shape
+    num_kv_heads = v.shape[2]
+    grouped = y.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)  # (B, T, Hkv, G, D)
+    unit = F.normalize(v, dim=-1).unsqueeze(3)  # (B, T, Hkv, 1, D)
+    projection = (grouped * unit).sum(dim=-1, keepdim=True)  # (B, T, Hkv, G, 1)
+    return (grouped - projection * unit).reshape(batch, length, num_heads, head_dim)
+
+
+def sparse_attention_gate(y: torch.Tensor, attention_input: torch.Tensor, weight: torch.Tensor,
+                          scale: float) -> torch.Tensor:
+    """y_h * sigmoid(scale * W_h . n[0:window]); y (B, T, H, D), n (B, T, C), W (H, window)."""
+    window = weight.shape[1]
+    gate_input = attention_input[..., :window]  # (B, T, window)
+    gate = torch.sigmoid(scale * F.linear(gate_input, weight.to(gate_input.dtype)))  # (B, T, H)
+    return y * gate.unsqueeze(-1).to(y.dtype)
+
+
+class InputSmearGate(nn.Module):
+    """Adds a gated copy of the previous token's raw embedding; identity at initialisation (w, lam = 0).
+
+    The gate reads the current token's first `window` raw channels; a position holding
+    the bos id never receives anything (no leak across documents in a packed row).
+    """
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(window, dtype=torch.float32))  # w
+        self.strength = nn.Parameter(torch.zeros((), dtype=torch.float32))  # lam
+
+    def forward(self, embeddings: torch.Tensor, is_bos: torch.Tensor) -> torch.Tensor:
+        """embeddings (B, T, C) raw, is_bos (B, T) bool -> (B, T, C)."""
+        window = self.gate.shape[0]
+        gate = torch.sigmoid(embeddings[..., :window] @ self.gate.to(embeddings.dtype))  # (B, T)
+        gate = gate * (~is_bos).to(gate.dtype)
+        previous = F.pad(embeddings[:, :-1], (0, 0, 1, 0))  # (B, T, C); zero at t = 0, which gets nothing
+        return embeddings + self.strength.to(embeddings.dtype) * gate.unsqueeze(-1) * previous
+
+
+def document_ids_from_boundaries(cu_seqlens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """(B, T) document index of each position of the flattened batch, from cumulative boundaries.
+
+    cu_seqlens (N,) int: segment starts over the B*T flattened positions, then the total;
+    padding entries repeat the total (empty segments). Ids are non-decreasing, as the
+    masked attention path wants; the boundaries must include every row start.
+    """
+    positions = torch.arange(batch * length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    return torch.searchsorted(cu_seqlens, positions, right=True).reshape(batch, length)
+
+
+# ---------------------------------------------------------------- rotary, attention, blocks
 
 
 class Rotary(nn.Module):

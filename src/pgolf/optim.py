@@ -129,7 +129,8 @@ def iteration_coefficients(name: str, num_steps: int) -> tuple[tuple[float, floa
         return (NEWTON_SCHULZ_COEFFICIENTS,) * num_steps
     if name == "polar_express":
         if not 1 <= num_steps <= len(POLAR_EXPRESS_COEFFICIENTS):
-            raise PgolfError(f"polar_express has {len(POLAR_EXPRESS_COEFFICIENTS)} iterations, got ns_steps={num_steps}")
+            raise PgolfError(f"polar_express has {len(POLAR_EXPRESS_COEFFICIENTS)} iterations, "
+                             f"got ns_steps={num_steps}")
         return POLAR_EXPRESS_COEFFICIENTS[:num_steps]
     raise PgolfError(f"unknown Newton-Schulz coefficients {name!r}; choose quintic or polar_express")
 

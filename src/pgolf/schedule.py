@@ -41,7 +41,7 @@ def wallclock_multiplier(step: int, elapsed_seconds: float, cap_seconds: float, 
 
 
 def training_fraction(step: int, elapsed_seconds: float, config: RunConfig) -> float:
-    """How far training is, in [0, 1]: seconds over (cap - reserve) with a wall-clock cap, else steps over iterations."""
+    """How far training is, in [0, 1]: seconds / (cap - reserve) with a wall-clock cap, else step / iterations."""
     if config.max_wallclock_seconds > 0:
         budget = config.max_wallclock_seconds - config.train_reserve_seconds
         return min(max(elapsed_seconds / budget, 0.0), 1.0)

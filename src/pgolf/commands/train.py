@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a model, write its artifact and score it",
                                    description="Train with a preset; the run folder gets config.json, train.log, "
                                                "metrics.jsonl, curves.png, model.pgolf and result.json.")
-    parser.add_argument("--preset", default="pr198", help="pr198 (the record recipe), baseline, tiny, frontier or frontier-tiny")
+    parser.add_argument("--preset", default="pr198",
+                        help="pr198 (the record recipe), baseline, tiny, frontier or frontier-tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (repeatable), e.g. --set iterations=500")
     parser.add_argument("--data", help="dataset folder (from `pgolf data fetch` or `pgolf data build`)")
@@ -54,7 +55,7 @@ def dry_run(config: RunConfig) -> int:
 
     from pgolf.accounting import BUDGET_BYTES, code_bytes, predict_model_bytes
     from pgolf.model import GPT, num_parameters
-    from pgolf.model_parts import parameter_breakdown
+    from pgolf.model_summary import parameter_breakdown
     from pgolf.quant import SCHEMES
 
     with torch.device("meta"):
