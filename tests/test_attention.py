@@ -126,3 +126,24 @@ def test_cpu_bf16_under_autocast_on_both_sides_of_the_fp32_threshold(head_dim, m
     expected_kernel = torch.float32 if head_dim < attention.CPU_LOW_PRECISION_MIN_HEAD_DIM else torch.bfloat16
     assert kernel_dtypes == [expected_kernel]
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, document_ids), atol=5e-2, rtol=5e-2)
+
+
+def test_packed_boundaries_go_to_the_fa3_varlen_kernel_as_given(monkeypatch):
+    """On a GPU with FA3, precomputed cu_seqlens and max_seqlen are passed through untouched."""
+    calls = []
+
+    def recording_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
+        calls.append((cu_q, cu_k, max_q, max_k, causal))
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(attention, "_fa3_available_on", lambda device: True)
+    monkeypatch.setattr(attention, "_fa3_varlen_func", recording_varlen)
+    q = torch.randn(1, 8, 4, 16, dtype=torch.bfloat16)
+    k = v = torch.randn(1, 8, 2, 16, dtype=torch.bfloat16)
+    cu_seqlens = torch.tensor([0, 3, 8, 8], dtype=torch.int32)
+    document_ids = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 2]])
+    out = attention.causal_attention(q, k, v, document_ids, cu_seqlens, max_seqlen=5)
+    assert out.shape == q.shape
+    assert calls[0][0] is cu_seqlens and calls[0][1] is cu_seqlens and calls[0][2:] == (5, 5, True)
+    attention.causal_attention(q, k, v, document_ids)  # without them: derived from the ids, max T
+    assert calls[1][0].tolist() == [0, 3, 8] and calls[1][2:] == (8, 8, True)

@@ -122,3 +122,50 @@ def test_bad_state_raises():
     averager = WeightAverager(RunConfig())
     with pytest.raises(PgolfError):
         averager.load_state_dict({"count": 3, "sums": {}})
+
+
+# ---------------------------------------------------------------- EMA (spec frontier.md §4)
+
+from pgolf.averaging import ExponentialAverager, build_weight_averager  # noqa: E402
+
+
+def test_ema_from_the_initial_weights_every_step():
+    config = replace(RunConfig(), ema_decay=0.9965)
+    model, averager = TwoTensors(), build_weight_averager(config)
+    assert isinstance(averager, ExponentialAverager)
+    with torch.no_grad():
+        for name, value in weights_at(0).items():
+            getattr(model, name).copy_(value)
+    averager.begin(model)
+    expected = {name: p.detach().double().clone() for name, p in model.named_parameters()}
+    snapshots = drive(averager, model, range(1, 31))
+    for step in range(1, 31):  # ema = 0.9965 * ema + 0.0035 * w after every step
+        for name in expected:
+            expected[name] = 0.9965 * expected[name] + 0.0035 * snapshots[step][name].double()
+    assert averager.count == 30
+    averager.apply_to(model)
+    assert model.vector.dtype == torch.bfloat16  # cast back to the parameter's dtype
+    torch.testing.assert_close(model.matrix.double(), expected["matrix"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.vector.double(), expected["vector"].bfloat16().double(), atol=1e-2, rtol=0)
+
+
+def test_ema_state_round_trip_continues_identically():
+    config = replace(RunConfig(), ema_decay=0.9)
+    model, first = TwoTensors(), ExponentialAverager(config)
+    first.begin(model)
+    drive(first, model, range(1, 6))
+    second = ExponentialAverager(config)
+    second.load_state_dict(first.state_dict())
+    drive(first, model, range(6, 9))
+    drive(second, model, range(6, 9))
+    for name in first.averages:
+        assert torch.equal(first.averages[name], second.averages[name])
+    with pytest.raises(PgolfError, match="decay"):
+        ExponentialAverager(replace(config, ema_decay=0.5)).load_state_dict(first.state_dict())
+
+
+def test_without_ema_the_builder_gives_swa_and_begin_is_harmless():
+    averager = build_weight_averager(replace(RunConfig(), swa_enabled=True))
+    assert isinstance(averager, WeightAverager)
+    averager.begin(TwoTensors())
+    assert averager.count == 0 and averager.state_dict()["sums"] == {}

@@ -15,7 +15,7 @@ import pgolf
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("__init__", "errors", "challenge", "machine", "progress", "config", "distributed")),
     ("data and source tools", ("data/", "packaging/__init__", "packaging/bundle", "packaging/export")),
-    ("recipe", ("attention", "model", "layout", "optim", "schedule", "averaging", "quant", "metric", "flops")),
+    ("recipe", ("attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "metric", "flops")),
     ("scoring", ("evaluate", "artifact", "runtime", "scoring", "packaging/size", "plot", "kernels/")),
     ("the run", ("build", "checkpoint", "runlog", "finish", "train")),
     ("tools", ("bench", "demo", "packaging/entry", "packaging/submit", "verify/")),

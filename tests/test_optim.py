@@ -14,8 +14,9 @@ from torch import nn
 from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
-from pgolf.optim import Muon, build_optimizers, orthogonalize, parameter_groups, set_learning_rate, \
-    set_muon_momentum, shard_by_shape
+from pgolf.optim import POLAR_EXPRESS_COEFFICIENTS, Muon, build_optimizers, iteration_coefficients, \
+    normalize_rows, orthogonalize, parameter_group_of, parameter_groups, set_learning_rate, set_muon_momentum, \
+    shard_by_shape
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -217,7 +218,8 @@ def test_muon_batches_same_shape_matrices_close_to_one_at_a_time():
     expected = reference_muon(params, gradients, lr=0.05, momentum=0.9, weight_decay=0.1, steps=5)
     optimizer = Muon(params, lr=0.05, momentum=0.9, ns_steps=5, weight_decay=0.1, batch_by_shape=True)
     calls = []
-    optimizer._orthogonalize = lambda matrix, steps: calls.append(tuple(matrix.shape)) or orthogonalize(matrix, steps)
+    optimizer._orthogonalize = lambda matrix, steps, *coefficients: \
+        calls.append(tuple(matrix.shape)) or orthogonalize(matrix, steps, *coefficients)
     ours = run_optimizer(optimizer, params, gradients)
     assert calls == [(3, 16, 8), (2, 8, 24)] * 3  # one batch per shape per step
     for got, want, initial in zip(ours, expected, start):
@@ -382,3 +384,133 @@ def test_groups_and_training_steps_on_pgolf_gpt():
             optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         assert model(inputs, targets).item() < first
+
+
+# ---------------------------------------------------------------- frontier options (spec frontier.md §4)
+
+SPEC_POLAR_EXPRESS = (  # copied from the spec text, not from pgolf.optim
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+
+def float64_polar_express(matrix: torch.Tensor) -> torch.Tensor:
+    """X = U / (|U|_F + 1e-7), transposed if rows > cols; X <- aX + (bA + cA^2)X, A = X X^T, per tuple."""
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.double().T if tall else matrix.double()
+    x = x / (x.norm() + 1e-7)
+    for a, b, c in SPEC_POLAR_EXPRESS:
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def test_polar_express_coefficients_are_the_spec_tuples():
+    assert POLAR_EXPRESS_COEFFICIENTS == SPEC_POLAR_EXPRESS
+    assert iteration_coefficients("polar_express", 5) == SPEC_POLAR_EXPRESS
+    assert iteration_coefficients("quintic", 3) == (COEFFICIENTS,) * 3
+    with pytest.raises(PgolfError, match="polar_express"):
+        iteration_coefficients("polar_express", 6)
+    with pytest.raises(PgolfError, match="unknown"):
+        Muon([nn.Parameter(torch.zeros(2, 2))], lr=0.1, momentum=0.9, coefficients="cubic")
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 48), (24, 24)])
+def test_polar_express_orthogonalize_close_to_float64_iteration(shape):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(11))
+    ours = orthogonalize(matrix, 5, iteration_coefficients("polar_express", 5))
+    exact = float64_polar_express(matrix)
+    assert ours.dtype == torch.bfloat16 and ours.shape == shape
+    assert (ours.double() - exact).norm() / exact.norm() < 0.04
+
+
+def test_row_normalisation_divides_each_row_by_its_clamped_norm():
+    update = torch.randn(5, 7, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    update[2] = 0.0
+    update[3] = 1e-9  # norm below the clamp: divided by 1e-7, not made unit
+    expected = update.clone()
+    for row in range(5):
+        expected[row] = update[row] / max(update[row].norm().item(), 1e-7)
+    torch.testing.assert_close(normalize_rows(update), expected, rtol=1e-12, atol=0)
+    batched = torch.stack([update, 3 * update])
+    torch.testing.assert_close(normalize_rows(batched)[1], normalize_rows(3 * update))
+
+
+def spec_muon_step(parameter, buffer, gradient, lr, momentum, weight_decay):
+    """One frontier Muon step from the spec text, float64 (buffer updated in place); returns the new parameter."""
+    buffer.copy_(momentum * buffer + gradient)
+    update = gradient + momentum * buffer
+    update = update / update.norm(dim=1, keepdim=True).clamp_min(1e-7)  # MuonEq-R
+    rows, cols = parameter.shape
+    factor = math.sqrt(max(1.0, rows / cols))
+    return parameter * (1 - lr * weight_decay) - lr * factor * float64_polar_express(update)
+
+
+@pytest.mark.parametrize("batch_by_shape", [False, True])
+def test_frontier_muon_close_to_the_spec_step(batch_by_shape):
+    generator = torch.Generator().manual_seed(13)
+    shapes = [(64, 16), (64, 16), (16, 64), (32, 64)]  # MLP-up (4d, d) twice, MLP-down, k/v-like
+    params = [nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    gradients = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(3)]
+    start = [p.detach().double().clone() for p in params]
+    exact = [p.clone() for p in start]
+    buffers = [torch.zeros_like(p) for p in start]
+    for step_gradients in gradients:
+        for index, gradient in enumerate(step_gradients):
+            exact[index] = spec_muon_step(exact[index], buffers[index], gradient.double(), 0.026, 0.97, 0.095)
+    optimizer = Muon(params, lr=0.026, momentum=0.97, ns_steps=5, weight_decay=0.095, row_normalize=True,
+                     coefficients="polar_express", batch_by_shape=batch_by_shape)
+    ours = run_optimizer(optimizer, params, gradients)
+    for got, want, initial in zip(ours, exact, start):
+        assert (got.double() - want).norm() / (want - initial).norm() < 0.04
+
+
+def test_mlp_up_gets_the_shape_factor_two():
+    """Spec "(factor 2 for MLP-up)": sqrt(max(1, rows/cols)) = sqrt(2048/512) = 2; 1 for MLP-down and square.
+
+    A tall matrix is iterated transposed, so MLP-up (2048, 512) and MLP-down (512, 2048) with transposed
+    gradients run the same iteration: their steps differ by exactly the factor.
+    """
+    gradient = torch.randn(512, 2048, generator=torch.Generator().manual_seed(14))
+    steps = {}
+    for shape, grad in (((512, 2048), gradient), ((2048, 512), gradient.T.contiguous())):
+        parameter = nn.Parameter(torch.zeros(shape))
+        parameter.grad = grad
+        Muon([parameter], lr=0.5, momentum=0.0, row_normalize=False, coefficients="polar_express").step()
+        steps[shape] = parameter.detach().clone()
+    torch.testing.assert_close(steps[(2048, 512)], 2 * steps[(512, 2048)].T, rtol=0, atol=0)
+
+
+def test_frontier_parameters_land_in_their_groups():
+    from pgolf.config import frontier_tiny
+    from pgolf.model import GPT
+
+    model = GPT(frontier_tiny().model)
+    groups = {name: group for group, members in parameter_groups(model).items() for name, _ in members}
+    assert groups["tok_emb.weight"] == "embed"
+    for name in ("blocks.0.attn.gate", "blocks.3.attn.gate", "skip_gates", "skip_weights", "lane_mix",
+                 "lane_residual", "smear.gate", "smear.strength", "blocks.2.attn.q_gain"):
+        assert groups[name] == "scalar", name
+    matrices = {name for name, group in groups.items() if group == "matrix"}
+    assert matrices == {f"blocks.{i}.{part}.weight" for i in range(4)
+                        for part in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")}
+    assert parameter_group_of("lane_mix", model.lane_mix) == "scalar"  # 3-D, yet a control tensor
+
+
+def test_frontier_optimiser_settings():
+    from pgolf.config import frontier_tiny
+
+    config = frontier_tiny()
+    muon, adam = build_optimizers(FakeGPT(), config, DistInfo())
+    assert muon.row_normalize and muon.coefficients == "polar_express"
+    assert muon.param_groups[0]["weight_decay"] == 0.095 and muon.param_groups[0]["lr"] == 0.026
+    embed, scalar = adam.param_groups
+    assert (embed["lr"], embed["weight_decay"]) == (0.03, 0.085)
+    assert (scalar["lr"], scalar["weight_decay"]) == (0.02, 0.02)
+    assert embed["betas"] == scalar["betas"] == (0.9, 0.99)
+    # without embed_weight_decay both AdamW groups keep adam_weight_decay
+    _, adam = build_optimizers(FakeGPT(), replace(RunConfig(), adam_weight_decay=0.03), DistInfo())
+    assert [group["weight_decay"] for group in adam.param_groups] == [0.03, 0.03]

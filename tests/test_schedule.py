@@ -73,3 +73,75 @@ def test_muon_momentum_ramp():
 def test_muon_momentum_without_ramp():
     config = replace(RunConfig(), muon_momentum_warmup_steps=0, muon_momentum=0.95)
     assert muon_momentum(0, config) == 0.95
+
+
+# ---------------------------------------------------------------- frontier (spec frontier.md §4, #2014)
+
+from pgolf.schedule import ProgressiveContext, context_ramp_multiplier, fraction_warmdown_multiplier, \
+    looping_active, progressive_context, training_fraction  # noqa: E402
+
+
+def spec_multiplier(fraction: float) -> float:
+    """frac = training seconds / 599.5; 1 while frac < 0.15, then max((1 - frac) / 0.85, 0.10)."""
+    return 1.0 if fraction < 0.15 else max((1 - fraction) / 0.85, 0.10)
+
+
+def frontier_schedule(**changes) -> RunConfig:
+    settings = dict(lr_schedule="fraction_warmdown", warmdown_fraction=0.85, lr_floor=0.10,
+                    max_wallclock_seconds=600.0, train_reserve_seconds=0.5)
+    return replace(RunConfig(), **{**settings, **changes})
+
+
+@pytest.mark.parametrize("seconds", [0.0, 50.0, 89.9, 89.925, 120.0, 300.0, 500.0, 548.0, 548.6, 599.5, 650.0])
+def test_fraction_warmdown_is_the_spec_rule(seconds):
+    config = frontier_schedule()
+    fraction = min(seconds / 599.5, 1.0)
+    assert training_fraction(3, seconds, config) == pytest.approx(fraction)
+    assert lr_multiplier(3, seconds, config) == pytest.approx(spec_multiplier(fraction))
+
+
+def test_fraction_warmdown_floor_and_continuity():
+    assert fraction_warmdown_multiplier(0.15, 0.85, 0.10) == pytest.approx(1.0)
+    assert fraction_warmdown_multiplier(0.915, 0.85, 0.10) == pytest.approx(0.10)  # floor reached at 0.915
+    assert fraction_warmdown_multiplier(0.99, 0.85, 0.10) == 0.10
+    assert fraction_warmdown_multiplier(0.5, 0.85, 0.0) == pytest.approx(0.5 / 0.85)
+
+
+def test_without_a_cap_the_fraction_counts_steps():
+    config = frontier_schedule(max_wallclock_seconds=0.0, iterations=300)
+    assert training_fraction(150, 1e6, config) == 0.5
+    assert lr_multiplier(150, 1e6, config) == pytest.approx(spec_multiplier(0.5))
+
+
+def test_looping_switches_on_at_its_fraction():
+    from pgolf.config import frontier
+
+    config = frontier()
+    assert not looping_active(0.3499, config) and looping_active(0.35, config) and looping_active(0.9, config)
+    assert not looping_active(0.9, replace(config, model=replace(config.model, loop_layers=(), num_loop_passes=1)))
+
+
+def progressive_config() -> RunConfig:  # #2014: 1024 up to 0.10, 2048 up to 0.70, 3072 after
+    return replace(RunConfig(), progressive_seq_lens=(1024, 2048, 3072), progressive_fractions=(0.10, 0.70))
+
+
+@pytest.mark.parametrize("fraction, length", [(0.0, 1024), (0.0999, 1024), (0.10, 2048), (0.6999, 2048),
+                                              (0.70, 3072), (1.0, 3072)])
+def test_progressive_context_lengths(fraction, length):
+    assert progressive_context(fraction, progressive_config())[0] == length
+    assert progressive_context(fraction, RunConfig())[0] == 2048  # off: train_seq_len
+
+
+def test_context_ramp_after_each_switch():
+    assert [context_ramp_multiplier(k, 32) for k in (0, 1, 15, 31, 32, 100)] == [1 / 32, 2 / 32, 16 / 32, 1.0, 1.0, 1.0]
+    assert context_ramp_multiplier(None, 32) == 1.0
+    tracker = ProgressiveContext(progressive_config())
+    fractions = [0.05, 0.09, 0.10, 0.11, 0.12] + [0.2] * 30 + [0.71, 0.72]
+    seen = [tracker.at(step, fraction) for step, fraction in enumerate(fractions)]
+    assert seen[:2] == [(1024, 1.0), (1024, 1.0)]  # before any switch: no ramp
+    assert seen[2:5] == [(2048, 1 / 32), (2048, 2 / 32), (2048, 3 / 32)]
+    assert seen[33] == (2048, 32 / 32) and seen[34] == (2048, 1.0)
+    assert seen[35:] == [(3072, 1 / 32), (3072, 2 / 32)]
+    restored = ProgressiveContext(progressive_config())
+    restored.load_state(tracker.state())
+    assert restored.at(37, 0.73) == tracker.at(37, 0.73) == (3072, 3 / 32)

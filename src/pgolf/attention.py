@@ -11,7 +11,9 @@ Query head h reads key/value head h // (H / Hkv). The softmax scale is
 1/sqrt(D). With `document_ids`, position t may attend to position s only if
 s <= t and both carry the same document id (block-diagonal causal attention);
 ids must be non-decreasing along T, as they are when they come from a running
-count of document starts.
+count of document starts. Packed training rows may pass their precomputed
+boundaries as well (`cu_seqlens` over the flattened B*T positions, `max_seqlen`):
+FlashAttention's varlen kernel then takes them as they are; SDPA uses the ids.
 
 FlashAttention 3 (`flash_attn_interface`, the Hopper build) is used when it
 imports, the tensors are on a CUDA device of compute capability 9.x, and the
@@ -97,11 +99,14 @@ def select_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, document_i
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     document_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     document_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                     max_seqlen: int | None = None) -> torch.Tensor:
     """Causal (optionally per-document) GQA attention; shapes in the module docstring."""
     backend = select_backend(q, k, v, document_ids)
     if backend == "fa3":
-        return _fa3_dense(q, k, v) if document_ids is None else _fa3_documents(q, k, v, document_ids)
+        if document_ids is None:
+            return _fa3_dense(q, k, v)
+        return _fa3_documents(q, k, v, document_ids, cu_seqlens, max_seqlen)
     if backend == "cpu-kernel":
         return _cpu_training_kernel[1](q, k, v)
     return _sdpa(q, k, v, document_ids)
@@ -133,16 +138,18 @@ def document_boundaries(document_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([start_positions, end]).to(torch.int32)
 
 
-def _fa3_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   document_ids: torch.Tensor) -> torch.Tensor:
+def _fa3_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, document_ids: torch.Tensor,
+                   cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     batch, length, num_heads, head_dim = q.shape
-    cu_seqlens = document_boundaries(document_ids)
+    if cu_seqlens is None:
+        cu_seqlens = document_boundaries(document_ids)
     # T is an upper bound on every segment length; passing it avoids a device->host sync.
+    max_seqlen = length if max_seqlen is None else max_seqlen
     out = _first_output(_fa3_varlen_func(
         q.reshape(batch * length, num_heads, head_dim),
         k.reshape(batch * length, k.shape[2], head_dim),
         v.reshape(batch * length, v.shape[2], head_dim),
-        cu_seqlens, cu_seqlens, length, length, causal=True,
+        cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
     ))
     return out.reshape(batch, length, num_heads, head_dim)
 

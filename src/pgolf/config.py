@@ -5,6 +5,11 @@ network (it travels inside the artifact); `RunConfig` is everything else
 (data, batch, optimiser, schedule, averaging, quantisation, evaluation).
 Presets are plain functions returning a `RunConfig`; overrides
 (`--set key=value`) are applied in one place, `apply_overrides`.
+
+Every technique beyond pr198 (spec frontier.md §3-§4) is one field, off by
+default, so `pr198`, `baseline` and `tiny` are unchanged; `frontier` and
+`frontier-tiny` switch them on. Tuple fields are written `--set xsa_layers=0,1,2`
+(an empty value gives the empty tuple).
 """
 
 from __future__ import annotations
@@ -38,6 +43,23 @@ class ModelConfig:
     document_isolation: bool = False  # attention/smear/bigram restart at every bos
     bos_id: int = 1
     embedding_dtype: str = "fp32"  # token embedding and bigram table; the reference's presets store them bf16
+    # ---- frontier switches (spec frontier.md §3), all off by default
+    mlp_negative_slope: float = 0.0  # 0: relu(x)^2; > 0: leaky_relu(x, slope)^2
+    xsa_layers: tuple[int, ...] = ()  # physical layers whose attention output loses its own-value component
+    rope_dims: int = 0  # 0: rotate every head dim (NTK base); > 0: only the first rope_dims, base unscaled
+    layer_norm_scale: bool = False  # block l multiplies its normed inputs by 1/sqrt(l+1)
+    skip_gates: bool = False  # U-Net skip x <- lerp(w*skip, x, sigmoid(g)) instead of x + w*skip
+    loop_layers: tuple[int, ...] = ()  # contiguous physical layers that run num_loop_passes times when looping
+    num_loop_passes: int = 1
+    parallel_lanes_from: int = 0  # 0: off; decoder layers from this physical index on run two residual lanes
+    attn_gate_window: int = 0  # 0: off; SparseAttnGate reads the first this many channels of the attention input
+    attn_gate_scale: float = 1.0
+    smear_gate_window: int = 0  # 0: pr198 per-channel SmearGate; > 0: input-dependent gate on raw embeddings
+
+    def __post_init__(self):
+        # lists (from JSON) become tuples, so configs compare equal and stay hashable
+        for name in ("xsa_layers", "loop_layers"):
+            object.__setattr__(self, name, tuple(int(value) for value in getattr(self, name)))
 
     @property
     def head_dim(self) -> int:
@@ -54,6 +76,24 @@ class ModelConfig:
     @property
     def num_decoder_layers(self) -> int:
         return self.num_layers - self.num_encoder_layers
+
+    def layer_order(self, looping: bool) -> tuple[int, ...]:
+        """Physical block index of each virtual layer; looping repeats `loop_layers` `num_loop_passes` times.
+
+        E.g. 11 layers, loop_layers (3, 4, 5), 3 passes: (0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, ..., 10).
+        The first len // 2 virtual layers are the encoder, the rest the decoder.
+        """
+        if not looping or not self.loop_layers:
+            return tuple(range(self.num_layers))
+        first, last = self.loop_layers[0], self.loop_layers[-1]
+        return (tuple(range(first)) + self.loop_layers * self.num_loop_passes
+                + tuple(range(last + 1, self.num_layers)))
+
+    @property
+    def num_skip_weights(self) -> int:
+        """U-Net skip slots: enough for the longest (looped) order; the plain order uses the first ones."""
+        length = len(self.layer_order(looping=True))
+        return min(length // 2, length - length // 2)
 
     def validate(self) -> None:
         check_field_types(self)
@@ -83,6 +123,32 @@ class ModelConfig:
             raise PgolfError(f"embedding_dtype must be bf16 or fp32, got {self.embedding_dtype!r}")
         if not 0 <= self.bos_id < self.vocab_size:
             raise PgolfError(f"bos_id {self.bos_id} is not a token id of a {self.vocab_size}-piece vocabulary")
+        self._validate_frontier_switches()
+
+    def _validate_frontier_switches(self) -> None:
+        if any(not 0 <= layer < self.num_layers for layer in self.xsa_layers):
+            raise PgolfError(f"xsa_layers {self.xsa_layers} must be physical layers 0..{self.num_layers - 1}")
+        if self.rope_dims < 0 or self.rope_dims % 2 or self.rope_dims > self.head_dim:
+            raise PgolfError(f"rope_dims must be even and in 0..head_dim {self.head_dim}, got {self.rope_dims}")
+        loop = self.loop_layers
+        if loop and (loop != tuple(range(loop[0], loop[0] + len(loop))) or loop[0] < 0
+                     or loop[-1] >= self.num_layers):
+            raise PgolfError(f"loop_layers must be consecutive physical layers, got {loop}")
+        if self.num_loop_passes < 1 or (self.num_loop_passes > 1 and not loop):
+            raise PgolfError(f"num_loop_passes must be >= 1 and needs loop_layers (got {self.num_loop_passes})")
+        if self.parallel_lanes_from:
+            # lanes start in the decoder of both layer orders and after the loop, and stay on to the end
+            lowest = max(self.num_encoder_layers, loop[-1] + 1 if loop else 0)
+            if not lowest <= self.parallel_lanes_from < self.num_layers:
+                raise PgolfError(f"parallel_lanes_from must be in {lowest}..{self.num_layers - 1} (after the "
+                                 f"encoder and the looped layers), got {self.parallel_lanes_from}")
+        for name in ("attn_gate_window", "smear_gate_window"):
+            if not 0 <= getattr(self, name) <= self.model_dim:
+                raise PgolfError(f"{name} must be in 0..model_dim {self.model_dim}, got {getattr(self, name)}")
+        if self.smear_gate_window and not self.smear_gate:
+            raise PgolfError("smear_gate_window needs smear_gate=true")
+        if self.mlp_negative_slope < 0:
+            raise PgolfError(f"mlp_negative_slope must be >= 0, got {self.mlp_negative_slope}")
 
 
 def check_field_types(config) -> None:
@@ -107,7 +173,9 @@ def check_field_types(config) -> None:
 
 
 RUNTIME_CHOICES = {"autocast_dtype": ("auto", "bf16", "fp32"), "compile": ("auto", "on", "off"),
-                   "device": ("auto", "cpu", "cuda"), "code_packing": ("plain", "lzma")}
+                   "device": ("auto", "cpu", "cuda"), "code_packing": ("plain", "lzma"),
+                   "lr_schedule": ("step_warmdown", "fraction_warmdown"),
+                   "muon_coefficients": ("quintic", "polar_express")}
 
 
 @dataclass(frozen=True)
@@ -141,6 +209,21 @@ class RunConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.3  # 0 = off
+    # ---- frontier training pieces (spec frontier.md §4), all off by default
+    muon_row_normalize: bool = False  # MuonEq-R: each update row / its L2 norm before orthogonalising
+    muon_coefficients: str = "quintic"  # quintic (3.4445, -4.7750, 2.0315) x ns_steps | polar_express
+    embed_weight_decay: float = -1.0  # AdamW WD of the embedding group; < 0: adam_weight_decay
+    grad_clip_local: bool = False  # clip each rank's own gradient, before the cross-rank average
+    lr_schedule: str = "step_warmdown"  # step_warmdown (pr198) | fraction_warmdown (schedule.py)
+    warmdown_fraction: float = 0.85  # fraction_warmdown: decay over the last this fraction of training
+    lr_floor: float = 0.10  # fraction_warmdown: the multiplier never drops below this
+    train_reserve_seconds: float = 0.0  # cut from the wall-clock cap for post-training work (GPTQ)
+    ema_decay: float = 0.0  # > 0: EMA of the weights after every step from step 0, instead of SWA
+    looping_start_fraction: float = 0.0  # training fraction at which loop_layers start looping
+    packed_rows: bool = False  # one document-packed row per rank per micro-step (data/packing.py)
+    progressive_seq_lens: tuple[int, ...] = ()  # training context lengths in order (#2014); () = off
+    progressive_fractions: tuple[float, ...] = ()  # training fractions at which the next length starts
+    progressive_ramp_steps: int = 32  # LR scaled by (k+1)/ramp for ramp steps after each switch
     # stochastic weight averaging
     swa_enabled: bool = True
     swa_every: int = 200
@@ -160,6 +243,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     autocast_dtype: str = "auto"  # auto | bf16 | fp32
     compile: str = "auto"  # auto | on | off
+
+    def __post_init__(self):
+        object.__setattr__(self, "progressive_seq_lens", tuple(int(v) for v in self.progressive_seq_lens))
+        object.__setattr__(self, "progressive_fractions", tuple(float(v) for v in self.progressive_fractions))
 
     def validate(self) -> None:
         if not isinstance(self.model, ModelConfig):
@@ -193,6 +280,14 @@ class RunConfig:
         for name, allowed in RUNTIME_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise PgolfError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.progressive_seq_lens and len(self.progressive_fractions) != len(self.progressive_seq_lens) - 1:
+            raise PgolfError("progressive_fractions needs one fraction per switch, i.e. len(progressive_seq_lens) - 1")
+        if list(self.progressive_fractions) != sorted(self.progressive_fractions):
+            raise PgolfError(f"progressive_fractions must be ascending, got {self.progressive_fractions}")
+        if self.ema_decay and not 0 < self.ema_decay < 1:
+            raise PgolfError(f"ema_decay must be in (0, 1) or 0 (off), got {self.ema_decay}")
+        if not 0 < self.warmdown_fraction <= 1 or not 0 <= self.lr_floor <= 1:
+            raise PgolfError("warmdown_fraction must be in (0, 1] and lr_floor in [0, 1]")
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-steps per optimiser step for this many processes (global batch stays fixed)."""
@@ -265,7 +360,96 @@ def tiny() -> RunConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], RunConfig]] = {"pr198": pr198, "baseline": baseline, "tiny": tiny}
+def frontier_model() -> ModelConfig:
+    """The #1855 network (spec frontier.md §3): 35,945,671 parameters at vocab 8192."""
+    return ModelConfig(
+        vocab_size=8192, num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=4,
+        mlp_negative_slope=0.5, qk_gain_init=5.0, bigram_buckets=0, smear_gate=True, smear_gate_window=12,
+        document_isolation=True, xsa_layers=tuple(range(11)), rope_dims=16, layer_norm_scale=True,
+        skip_gates=True, loop_layers=(3, 4, 5), num_loop_passes=3, parallel_lanes_from=8,
+        attn_gate_window=12, attn_gate_scale=0.5,
+    )
+
+
+def frontier() -> RunConfig:
+    """The #1855 run (val_bpb 1.06108), spec frontier.md §3-§4 with the logged run values of §8.
+
+    Not here yet: CaseOps data and its byte sidecar (another branch), the artifact scheme
+    (GPTQ + LQER + pergroup lrzip: quant_scheme stays pr198 until that branch lands), TTT.
+    """
+    return RunConfig(
+        model=frontier_model(),
+        preset="frontier",
+        train_seq_len=2048,  # longest document piece in a packed row; max_seqlen
+        global_batch_tokens=786_432,  # 8 ranks x one packed row of 98,304
+        micro_batch_tokens=98_304,
+        packed_rows=True,
+        max_wallclock_seconds=600.0,
+        train_reserve_seconds=0.5,  # GPTQ reserve: frac = train seconds / 599.5
+        lr_schedule="fraction_warmdown",
+        warmdown_fraction=0.85,
+        lr_floor=0.10,
+        matrix_lr=0.026,
+        scalar_lr=0.02,
+        embed_lr=0.03,
+        muon_momentum=0.97,
+        muon_momentum_start=0.92,
+        muon_momentum_warmup_steps=1500,
+        muon_ns_steps=5,
+        muon_coefficients="polar_express",
+        muon_row_normalize=True,
+        muon_weight_decay=0.095,
+        adam_weight_decay=0.02,  # control tensors
+        embed_weight_decay=0.085,
+        adam_beta2=0.99,
+        grad_clip_norm=0.3,
+        grad_clip_local=True,
+        swa_enabled=False,
+        ema_decay=0.9965,
+        looping_start_fraction=0.35,
+        eval_seq_len=2048,
+        eval_stride=2048,  # diagnostics: non-overlapping, document-isolated windows
+        eval_batch_seqs=32,
+        val_every=0,  # mid-run validation: never
+    )
+
+
+def frontier_tiny() -> RunConfig:
+    """Every frontier switch at `tiny`'s size (4 x 256, vocab 1024): trains in minutes on 2 CPU cores.
+
+    Layers 1-2 loop three times (virtual order 0,1,2,1,2,1,2,3), lanes in layer 3. Step-measured
+    (no wall-clock cap): the training fraction is step / iterations. EMA decay 0.94 keeps the
+    reference's averaging horizon relative to the run (1 - 0.9965 = 0.0035 over ~4,900 steps is
+    ~0.057 over 300). Plain (not packed) rows of 256: a packed 8,192-token row would need the
+    dense masked attention path on CPU; document isolation still comes from the bos positions.
+    """
+    model = replace(frontier_model(), vocab_size=1024, num_layers=4, model_dim=256, num_heads=4,
+                    num_kv_heads=2, xsa_layers=(0, 1, 2, 3), loop_layers=(1, 2), parallel_lanes_from=3)
+    return replace(
+        frontier(),
+        model=model,
+        preset="frontier-tiny",
+        train_seq_len=256,
+        global_batch_tokens=8192,
+        micro_batch_tokens=8192,
+        packed_rows=False,
+        iterations=300,
+        max_wallclock_seconds=0.0,
+        train_reserve_seconds=0.0,
+        warmup_steps=2,
+        muon_momentum_warmup_steps=100,
+        ema_decay=0.94,
+        eval_seq_len=256,
+        eval_stride=256,
+        eval_batch_seqs=16,
+        val_every=100,
+        val_max_tokens=65_536,
+        log_every=10,
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {"pr198": pr198, "baseline": baseline, "tiny": tiny,
+                                               "frontier": frontier, "frontier-tiny": frontier_tiny}
 
 
 def get_preset(name: str) -> RunConfig:
@@ -277,7 +461,19 @@ def get_preset(name: str) -> RunConfig:
 # ---------------------------------------------------------------- overrides and (de)serialisation
 
 
-def _parse_value(text: str, current: Any, key: str) -> Any:
+def _parse_tuple(text: str, element_type: type, key: str) -> tuple:
+    """Comma-separated values, e.g. "3,4,5"; an empty text is the empty tuple."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return tuple(element_type(part) for part in parts)
+    except ValueError:
+        raise PgolfError(f"--set {key}: expected comma-separated {element_type.__name__} values, "
+                         f"got {text!r}") from None
+
+
+def _parse_value(text: str, current: Any, key: str, annotation: str = "") -> Any:
+    if isinstance(current, tuple):
+        return _parse_tuple(text, float if "float" in annotation else int, key)
     if isinstance(current, bool):
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -300,8 +496,8 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
 
 def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
     """Apply `key=value` strings; model fields are addressed as `model.field` or by bare name."""
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    run_fields = {f.name for f in dataclasses.fields(RunConfig)} - {"model"}
+    model_fields = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)}
+    run_fields = {f.name: str(f.type) for f in dataclasses.fields(RunConfig) if f.name != "model"}
     for assignment in assignments:
         if "=" not in assignment:
             raise PgolfError(f"--set expects key=value, got {assignment!r}")
@@ -311,17 +507,22 @@ def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
         if key.startswith("model.") or (bare in model_fields and bare not in run_fields):
             if bare not in model_fields:
                 raise PgolfError(f"unknown model setting {key!r}")
-            value = _parse_value(text, getattr(config.model, bare), key)
+            value = _parse_value(text, getattr(config.model, bare), key, model_fields[bare])
             config = replace(config, model=replace(config.model, **{bare: value}))
         elif key in run_fields:
-            config = replace(config, **{key: _parse_value(text, getattr(config, key), key)})
+            config = replace(config, **{key: _parse_value(text, getattr(config, key), key, run_fields[key])})
         else:
             raise PgolfError(f"unknown setting {key!r}; `pgolf train --dry-run` lists them all")
     return config
 
 
+def _as_json_values(data: dict[str, Any]) -> dict[str, Any]:
+    """The dict as JSON gives it back (tuples become lists), so a config compares equal to its file."""
+    return json.loads(json.dumps(data))
+
+
 def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return _as_json_values(dataclasses.asdict(config))
 
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
@@ -335,7 +536,7 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return _as_json_values(dataclasses.asdict(config))
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -32,6 +32,13 @@ Different:
     update. With one process there is no buffer.
 `tests/test_optim.py` measures how close the two are.
 
+Frontier options (spec frontier.md §4), both off by default: `row_normalize`
+(MuonEq-R: each row of the Nesterov update divided by its L2 norm, clamped at
+1e-7, before orthogonalising) and `coefficients="polar_express"` (five
+per-iteration (a, b, c) tuples instead of one quintic repeated). The shape
+factor sqrt(max(1, rows/cols)) is the same rule for both: 2 for the MLP-up
+matrices (4 * dim, dim), 1 for every other matrix of the frontier model.
+
 Every rank keeps the momentum buffers of all matrices (DDP has already made
 the gradients identical, and the element-wise update is cheap), so optimiser
 state is the same on every rank; only the Newton-Schulz work is split.
@@ -52,6 +59,15 @@ from pgolf.errors import PgolfError
 
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_EPS = 1e-7
+# Polar Express (a, b, c) for iterations 1..5 (spec frontier.md §4).
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+ROW_NORM_EPS = 1e-7  # MuonEq-R: rows divided by max(norm, this)
 
 
 # ---------------------------------------------------------------- parameter groups
@@ -65,7 +81,8 @@ class GroupRule:
 
 
 CONTROL_TENSOR_PATTERN = (
-    r"blocks\.\d+\.(attn\.q_gain|attn_scale|mlp_scale|resid_mix)|skip_weights|smear\.gate|bigram\.scale"
+    r"blocks\.\d+\.(attn\.q_gain|attn\.gate|attn_scale|mlp_scale|resid_mix)|skip_weights|skip_gates"
+    r"|smear\.(gate|strength)|bigram\.scale|lane_mix|lane_residual"
 )
 
 # A parameter may match several rules, but all of them must name the same group.
@@ -106,15 +123,35 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 # ---------------------------------------------------------------- Muon
 
 
-def orthogonalize(matrix: torch.Tensor, num_steps: int) -> torch.Tensor:
+def iteration_coefficients(name: str, num_steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) of each Newton-Schulz iteration: "quintic" repeats one tuple, "polar_express" has five."""
+    if name == "quintic":
+        return (NEWTON_SCHULZ_COEFFICIENTS,) * num_steps
+    if name == "polar_express":
+        if not 1 <= num_steps <= len(POLAR_EXPRESS_COEFFICIENTS):
+            raise PgolfError(f"polar_express has {len(POLAR_EXPRESS_COEFFICIENTS)} iterations, "
+                             f"got ns_steps={num_steps}")
+        return POLAR_EXPRESS_COEFFICIENTS[:num_steps]
+    raise PgolfError(f"unknown Newton-Schulz coefficients {name!r}; choose quintic or polar_express")
+
+
+def normalize_rows(update: torch.Tensor) -> torch.Tensor:
+    """MuonEq-R: each row (last dim) divided by its L2 norm, clamped at ROW_NORM_EPS; (..., rows, cols)."""
+    return update / update.norm(dim=-1, keepdim=True).clamp_min(ROW_NORM_EPS)
+
+
+def orthogonalize(matrix: torch.Tensor, num_steps: int,
+                  coefficients: tuple[tuple[float, float, float], ...] | None = None) -> torch.Tensor:
     """Approximate U V^T of `matrix` by a quintic Newton-Schulz iteration in bf16.
 
     `matrix` is one (rows, cols) matrix or a batch (n, rows, cols) of same-shape matrices, each
     normalised and iterated on its own (batched matmuls: fewer, larger kernels). The iteration
     does not converge to exactly 1 singular values (they land roughly in [0.7, 1.2]); that is
-    what the recipe uses. Returns bf16 with the input's shape.
+    what the recipe uses. `coefficients`: one (a, b, c) per iteration (`iteration_coefficients`);
+    None repeats the quintic tuple `num_steps` times. Returns bf16 with the input's shape.
     """
-    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    if coefficients is None:
+        coefficients = (NEWTON_SCHULZ_COEFFICIENTS,) * num_steps
     x = matrix.bfloat16()
     transposed = x.size(-2) > x.size(-1)
     if transposed:
@@ -126,7 +163,7 @@ def orthogonalize(matrix: torch.Tensor, num_steps: int) -> torch.Tensor:
         norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)  # (n, 1, 1): one norm per matrix
         multiply_add = torch.baddbmm
     x = x / (norm + NEWTON_SCHULZ_EPS)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(num_steps):
+    for a, b, c in coefficients:
         gram = x @ x.mT  # (..., small, small)
         # fused multiply-adds round to bf16 once per product: closer to exact arithmetic than
         # separate b*A + c*A@A (about 1.5% vs 3.5% from a float64 iteration on random matrices)
@@ -174,12 +211,17 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float, ns_steps: int = 5, weight_decay: float = 0.0,
-                 dist: DistInfo | None = None, batch_by_shape: bool | None = None):
+                 dist: DistInfo | None = None, batch_by_shape: bool | None = None, row_normalize: bool = False,
+                 coefficients: str = "quintic"):
         if lr < 0 or momentum < 0 or weight_decay < 0 or ns_steps < 1:
             raise PgolfError(f"Muon needs lr, momentum, weight_decay >= 0 and ns_steps >= 1 "
                              f"(got lr={lr}, momentum={momentum}, weight_decay={weight_decay}, ns_steps={ns_steps})")
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay))
         self.dist = dist if dist is not None else DistInfo()
+        self.row_normalize = row_normalize
+        self.coefficients = coefficients
+        for group in self.param_groups:
+            iteration_coefficients(coefficients, group["ns_steps"])  # a bad name or step count fails here
         on_cuda = False
         for group in self.param_groups:
             for parameter in group["params"]:
@@ -232,11 +274,15 @@ class Muon(torch.optim.Optimizer):
             batches = [_ShapeBatch(batch.ns_steps, [index]) for batch in batches for index in batch.indices]
         for batch in batches:
             rows, cols, _ = shapes[batch.indices[0]]
+            coefficients = iteration_coefficients(self.coefficients, batch.ns_steps)
             if len(batch.indices) == 1:
-                results = [self._orthogonalize(updates[batch.indices[0]], batch.ns_steps)]
+                update = updates[batch.indices[0]]
+                update = normalize_rows(update) if self.row_normalize else update
+                results = [self._orthogonalize(update, batch.ns_steps, coefficients)]
             else:
-                stacked = torch.stack([updates[index].bfloat16() for index in batch.indices])  # (n, rows, cols)
-                results = self._orthogonalize(stacked, batch.ns_steps).unbind(0)
+                stacked = torch.stack([updates[index] for index in batch.indices])  # (n, rows, cols)
+                stacked = normalize_rows(stacked) if self.row_normalize else stacked
+                results = self._orthogonalize(stacked.bfloat16(), batch.ns_steps, coefficients).unbind(0)
             scale = math.sqrt(max(1.0, rows / cols))
             for index, result in zip(batch.indices, results):
                 orthogonal[index] = result * scale  # bf16 product, as the recipe rounds it
@@ -274,10 +320,13 @@ def build_optimizers(model: nn.Module, config: RunConfig, dist: DistInfo) -> lis
     if matrices:
         optimizers.append(Muon([{"params": matrices, "base_lr": config.matrix_lr}], lr=config.matrix_lr,
                                momentum=config.muon_momentum, ns_steps=config.muon_ns_steps,
-                               weight_decay=config.muon_weight_decay, dist=dist))
+                               weight_decay=config.muon_weight_decay, dist=dist,
+                               row_normalize=config.muon_row_normalize, coefficients=config.muon_coefficients))
+    embed_weight_decay = config.embed_weight_decay if config.embed_weight_decay >= 0 else config.adam_weight_decay
     adam_groups = [
-        {"params": [p for _, p in groups[name]], "lr": lr, "base_lr": lr}
-        for name, lr in (("embed", config.embed_lr), ("scalar", config.scalar_lr))
+        {"params": [p for _, p in groups[name]], "lr": lr, "base_lr": lr, "weight_decay": weight_decay}
+        for name, lr, weight_decay in (("embed", config.embed_lr, embed_weight_decay),
+                                       ("scalar", config.scalar_lr, config.adam_weight_decay))
         if groups[name]
     ]
     if adam_groups:

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Train with a preset; the run folder gets config.json, train.log, "
                                                "metrics.jsonl, curves.png, model.pgolf, weights.safetensors and "
                                                "result.json (written last).")
-    parser.add_argument("--preset", default="pr198", help="pr198 (the record recipe), baseline or tiny")
+    parser.add_argument("--preset", default="pr198",
+                        help="pr198 (the record recipe), baseline, tiny, frontier or frontier-tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (repeatable), e.g. --set iterations=500")
     parser.add_argument("--data", help="dataset folder (from `pgolf data fetch` or `pgolf data build`)")
@@ -67,9 +68,16 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
+BREAKDOWN_MAX_LAYERS = 64  # the per-kind table builds the model on the meta device; deeper ones print the count only
+
+
 def dry_run(config: RunConfig) -> int:
+    import torch
+
     from pgolf.challenge import BUDGET_BYTES
     from pgolf.layout import count_parameters, extrapolate_in_layers
+    from pgolf.model import GPT
+    from pgolf.model_summary import parameter_breakdown
     from pgolf.packaging.export import exported_code_bytes
     from pgolf.packaging.size import predict_model_bytes
     from pgolf.quant import get_scheme
@@ -80,6 +88,11 @@ def dry_run(config: RunConfig) -> int:
                                       relative_tolerance=0.01)
     print(run_config_to_json(config))
     print(f"parameters:{count_parameters(config.model)}")
+    if config.model.num_layers <= BREAKDOWN_MAX_LAYERS:
+        with torch.device("meta"):
+            model = GPT(config.model)
+        for kind, num_tensors, count in parameter_breakdown(model):
+            print(f"  {kind:<58} {num_tensors:>4} tensors {count:>12,}")
     print(f"grad_accum_steps_per_process:{config.grad_accum_steps(1)} (one process; divided by the world size)")
     total = predicted + exported_code_bytes(config)
     print(f"predicted_bytes_total:{total} budget:{BUDGET_BYTES} fits:{total <= BUDGET_BYTES}")
