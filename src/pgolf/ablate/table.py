@@ -163,11 +163,11 @@ def build_table(out_dir: Path, plan: Plan, threshold: float = CHALLENGE_THRESHOL
 # ---------------------------------------------------------------- text, markdown, CSV
 
 
-def _mean_std(values: tuple[float, ...], digits: int) -> str:
+def _mean_std(values: tuple[float, ...], digits: int, sign: str = "") -> str:
     if not values:
         return "-"
     mean, std = mean_and_std(list(values))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:{sign}.{digits}f}"
 
 
 def _interval(difference: Difference | None, digits: int) -> str:
@@ -199,7 +199,7 @@ def table_cells(rows: list[CellRow]) -> list[tuple[str, ...]]:
         bytes_text = f"{sum(row.bytes_total) / len(row.bytes_total):,.0f}" if row.bytes_total else "-"
         speed = f"{sum(row.tokens_per_second) / len(row.tokens_per_second):,.0f}" if row.tokens_per_second else "-"
         lines.append((row.cell.name + (" (control)" if row.is_control else ""), f"{row.num_runs}/{row.num_planned}",
-                      _mean_std(row.val_bpb, 4), _mean_std(row.roundtrip_gap, 4), bytes_text, _steps(row.steps),
+                      _mean_std(row.val_bpb, 4), _mean_std(row.roundtrip_gap, 4, "+"), bytes_text, _steps(row.steps),
                       speed, _interval(row.delta_loss, 4), _p_value(row.delta_loss), _interval(row.delta_bpb, 4),
                       row.verdict))
     return lines
