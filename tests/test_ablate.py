@@ -66,8 +66,9 @@ def smear_plan(seeds="3", **kwargs):
 def test_grid_cells_control_first_and_runs_per_seed():
     plan = make_plan("tiny", SETTINGS, ["smear_gate=true,false", "matrix_lr=0.02,3e-2"], "2",
                      control_texts=["matrix_lr=0.03"])
-    assert [cell.name for cell in plan.cells] == ["smear_gate=true, matrix_lr=0.03", "smear_gate=true, matrix_lr=0.02",
-                                                  "smear_gate=false, matrix_lr=0.02", "smear_gate=false, matrix_lr=0.03"]
+    assert [cell.name for cell in plan.cells] == [
+        "smear_gate=true, matrix_lr=0.03", "smear_gate=true, matrix_lr=0.02", "smear_gate=false, matrix_lr=0.02",
+        "smear_gate=false, matrix_lr=0.03"]
     assert plan.control == plan.cells[0].name and plan.seeds == (tiny().seed, tiny().seed + 1)
     assert plan.cells[3].config["matrix_lr"] == 0.03 and plan.cells[3].config["model"]["smear_gate"] is False
     assert plan.cells[0].config["iterations"] == 4 and "seed" not in plan.cells[0].config
@@ -310,3 +311,14 @@ def test_table_refuses_a_run_with_another_config_or_other_val_data(tmp_path):
     result_path.write_text(json.dumps({**json.loads(result_path.read_text()), "val_bytes_scored": 9999}))
     with pytest.raises(PgolfError, match="cells differ in tokenizer or val set"):
         build_table(out, plan)
+
+
+def test_report_only_reads_the_plan_from_grid_json(tmp_path, capsys):
+    from pgolf.cli import main
+
+    out = _finished_ablation(tmp_path, smear_plan(seeds="2"))
+    assert main(["ablate", "--out", str(out), "--report-only", "--threshold-nats", "0.05"]) == 0
+    printed = capsys.readouterr().out
+    assert "smear_gate=false" in printed and "no difference of 0.05 nats or more" in printed
+    assert main(["ablate", "--out", str(tmp_path / "elsewhere"), "--report-only"]) == 1
+    assert "is not an ablation folder" in capsys.readouterr().err

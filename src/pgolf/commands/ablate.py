@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "their checkpoints, and refuses a changed plan. Then a table (printed, OUT/table.csv, "
                     "OUT/table.md) and figures (OUT/ablation.png, OUT/curves.png): per cell mean +- std of the "
                     "final val bpb, the round-trip gap, bytes, steps, tokens/s, and the difference to the control "
-                    "with a 95%% interval, Welch's p-value and a verdict against --threshold-nats.")
+                    "with a 95% interval, Welch's p-value and a verdict against --threshold-nats.")
     parser.add_argument("--preset", help="preset every cell starts from (pr198, baseline, tiny)")
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                         help="a setting and its values (repeatable; cells are all combinations)")
