@@ -1,4 +1,12 @@
-"""`pgolf ablate`: train a grid of settings x seeds, then say which switch helps, by how much, and if it is real."""
+"""`pgolf ablate`: train a grid of settings x seeds, then say which switch helps, by how much, and if it is real.
+
+Every combination of the --vary values (or, with --one-at-a-time, one change at a time from the control)
+is trained with every seed, each a normal run folder under OUT/runs. OUT/grid.json fixes the plan:
+rerunning the same command keeps finished runs, resumes the others from their checkpoints, and refuses a
+changed plan. Then a table (printed, OUT/table.csv, OUT/table.md) and figures (OUT/ablation.png,
+OUT/curves.png): per cell mean +- std of the final val bpb, the round-trip gap, bytes, steps, tokens/s, and
+the difference to the control with a 95% interval, Welch's p-value and a verdict against --threshold-nats.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +16,11 @@ from pathlib import Path
 
 from pgolf.errors import PgolfError
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ablate", help="train settings x seeds; table of differences to a control with Welch's test",
-        description="Every combination of the --vary values (or, with --one-at-a-time, one change at a time from "
-                    "the control) trained with every seed, each a normal run folder under OUT/runs. OUT/grid.json "
-                    "fixes the plan: rerunning the same command keeps finished runs, resumes the others from "
-                    "their checkpoints, and refuses a changed plan. Then a table (printed, OUT/table.csv, "
-                    "OUT/table.md) and figures (OUT/ablation.png, OUT/curves.png): per cell mean +- std of the "
-                    "final val bpb, the round-trip gap, bytes, steps, tokens/s, and the difference to the control "
-                    "with a 95% interval, Welch's p-value and a verdict against --threshold-nats.")
+        description=(__doc__ or "").split("\n", 2)[-1].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="preset every cell starts from (pr198, baseline, tiny)")
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                         help="a setting and its values (repeatable; cells are all combinations)")
