@@ -37,6 +37,7 @@ def _parse(arguments: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(arguments)
 
 
@@ -48,6 +49,10 @@ def fake_train(arguments: list[str]) -> int:
     else:
         extra = [f"seed={args.seed}"] + ([f"checkpoint_every={args.checkpoint_every}"] if args.checkpoint_every else [])
         config = apply_overrides(get_preset(args.preset), args.overrides + extra)
+        if run_dir.is_dir() and any(run_dir.iterdir()):  # what `pgolf train --out` does with a used folder
+            from pgolf.runlog import claim_run_dir  # late: it imports torch
+
+            claim_run_dir(run_dir, args.overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(run_config_to_dict(config)))
     if str(config.seed) == os.environ.get("FAKE_TRAIN_FAIL_SEED"):

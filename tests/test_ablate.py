@@ -40,12 +40,13 @@ class FakeLauncher:
         outcomes = []
         for task in tasks:
             arguments = start_arguments(task)
-            self.started.append((task.name, "resume" if "--resume" in arguments else "fresh"))
+            self.started.append((task.name, "resume" if "--resume" in arguments else
+                                 "overwrite" if "--overwrite" in arguments else "fresh"))
             if self.crash_after is not None and len(self.started) > self.crash_after:
                 assert fake_train(arguments) == 0  # then undo its end: killed before result.json
                 for name in ("result.json", "metrics.jsonl"):
                     (task.run_dir / name).unlink()
-                (task.run_dir / "stale.txt").write_text("from the killed attempt")
+                (task.run_dir / "train.log").write_text("from the killed attempt")
                 if self.crash_with_checkpoint:
                     (task.run_dir / "checkpoint").mkdir()
                     (task.run_dir / "checkpoint" / "meta.json").write_text('{"complete": true, "step": 2}')
@@ -147,9 +148,9 @@ def test_rerun_after_a_kill_keeps_finished_runs_and_resumes_the_rest(tmp_path):
     lines.clear()
     execute(out, plan, third, checkpoint_every=None, log=lines.append)
     assert "3 finished (kept), 0 resume from a checkpoint, 1 restart, 2 new" in lines[0]
-    # the run killed before any checkpoint starts over in a cleared folder
-    assert third.started[0] == ("smear_gate=false seed 1337", "fresh")
-    assert not (out / plan.runs()[3].folder / "stale.txt").exists()
+    # the run killed before any checkpoint starts over, replacing its files
+    assert third.started[0] == ("smear_gate=false seed 1337", "overwrite")
+    assert not (out / plan.runs()[3].folder / "train.log").exists()
     assert [path.read_bytes() for path in finished] == before
     assert [path.stat().st_mtime_ns for path in finished] == stamps
     assert json.loads((out / plan.runs()[2].folder / "result.json").read_text())["resumed"] is True

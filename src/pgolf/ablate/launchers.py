@@ -3,8 +3,8 @@
 A launcher takes `RunTask`s and returns one `Outcome` per task. Whatever the
 launcher, a run decides how to start at the moment it starts
 (`start_arguments`): a finished run is left alone, a run with a complete
-checkpoint resumes (`pgolf train --resume`), anything else half-written is
-cleared and trained from scratch. So a job requeued after preemption, or an
+checkpoint resumes (`pgolf train --resume`), a run killed before its first
+checkpoint starts again (`--overwrite`: its own files are replaced). So a job requeued after preemption, or an
 ablation rerun after a kill, continues where the run stood.
 
 - `LocalLauncher`: one run at a time on this machine; with GPUs, one run per
@@ -21,7 +21,6 @@ import json
 import os
 import queue
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -66,14 +65,14 @@ def pgolf_program(processes_per_run: int) -> list[str]:
 
 
 def start_arguments(task: RunTask) -> list[str] | None:
-    """The arguments to run now: None (finished), resume from the checkpoint, or fresh (folder cleared)."""
+    """The arguments to run now: None (finished), resume from the checkpoint, or fresh."""
     state = run_state(task.run_dir)
     if state == "finished":
         return None
     if state == "resumable":
         return resume_arguments(task.run_dir)
-    if state == "started":  # killed before its first checkpoint: nothing worth keeping
-        shutil.rmtree(task.run_dir)
+    if state == "started":  # killed before its first checkpoint: `pgolf train` replaces its files (only a run's)
+        return list(task.fresh_arguments) + ["--overwrite"]
     return list(task.fresh_arguments)
 
 
