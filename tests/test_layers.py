@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("recipe", ("attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "metric", "flops")),
     ("scoring", ("evaluate", "artifact", "runtime", "scoring", "packaging/size", "plot", "kernels/")),
     ("the run", ("build", "checkpoint", "runlog", "finish", "train")),
-    ("tools", ("bench", "demo", "packaging/entry", "packaging/submit", "verify/")),
+    ("tools", ("bench", "demo", "packaging/entry", "packaging/submit", "verify/", "ablate/")),
     ("command line", ("commands/", "cli", "__main__")),
 ]
 ROOT = Path(pgolf.__file__).resolve().parent

@@ -15,30 +15,41 @@ from pgolf.verify.eval_budget import (REFERENCE_SECONDS, check_eval_budget, forw
                                       predict_eval_seconds)
 from pgolf.verify.isolation_checks import check_val_isolation
 from pgolf.verify.run_checks import bpb_to_nats_per_token, check_runs
-from pgolf.verify.stats import regularized_incomplete_beta, student_t_cdf, welch_one_sided
+from pgolf.verify.stats import welch_one_sided
 
 
 # ---------------------------------------------------------------- statistics against table values
+
+
+def _one_sample_with_t(t: float, df: int) -> tuple[list[float], float]:
+    """df + 1 candidate values and an exact baseline whose one-sample t statistic is `t`."""
+    values = [float(index) for index in range(df + 1)]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((value - mean) ** 2 for value in values) / df)
+    return values, mean + t * std / math.sqrt(len(values))
 
 
 @pytest.mark.parametrize("t, df, cdf", [
     (6.965, 2, 0.99), (2.764, 10, 0.99), (2.571, 5, 0.975), (1.812, 10, 0.95), (31.821, 1, 0.99),
     (2.457, 30, 0.99), (-1.812, 10, 0.05),
 ])
-def test_student_t_cdf_matches_printed_tables(t, df, cdf):
-    assert student_t_cdf(t, df) == pytest.approx(cdf, abs=2e-4)  # tables give 3-4 significant digits
+def test_one_sided_p_value_matches_printed_t_tables(t, df, cdf):
+    candidate, baseline = _one_sample_with_t(t, df)
+    result = welch_one_sided(candidate, [baseline])
+    assert result.df == df and result.t == pytest.approx(t, rel=1e-9)
+    assert result.p_value == pytest.approx(1 - cdf, abs=2e-4)  # tables give 3-4 significant digits
 
 
-def test_student_t_cdf_closed_forms():
-    assert student_t_cdf(1.0, 1) == pytest.approx(0.75, abs=1e-12)  # Cauchy: 1/2 + atan(t)/pi
-    assert student_t_cdf(0.3, 1) == pytest.approx(0.5 + math.atan(0.3) / math.pi, abs=1e-12)
-    assert student_t_cdf(1.0, 2) == pytest.approx(0.5 + 1 / (2 * math.sqrt(3)), abs=1e-12)  # df 2: t/(2 sqrt(2+t^2))
-    normal_95 = 1.6448536269514722
-    assert student_t_cdf(normal_95, 1e7) == pytest.approx(0.95, abs=1e-6)
-    # I_x(2, 3) = sum_{j=2..4} C(4, j) x^j (1-x)^(4-j)
-    x = 0.4
-    assert regularized_incomplete_beta(2, 3, x) == pytest.approx(
-        sum(math.comb(4, j) * x ** j * (1 - x) ** (4 - j) for j in range(2, 5)), abs=1e-12)
+def test_one_sided_p_value_closed_forms():
+    for t in (1.0, 0.3):  # df 1 is Cauchy: P(T <= t) = 1/2 + atan(t)/pi
+        candidate, baseline = _one_sample_with_t(t, 1)
+        assert welch_one_sided(candidate, [baseline]).p_value == pytest.approx(0.5 - math.atan(t) / math.pi,
+                                                                                abs=1e-12)
+    candidate, baseline = _one_sample_with_t(1.0, 2)  # df 2: P(T <= t) = 1/2 + t / (2 sqrt(2 + t^2))
+    assert welch_one_sided(candidate, [baseline]).p_value == pytest.approx(0.5 - 1 / (2 * math.sqrt(3)), abs=1e-12)
+    # the margin shifts the hypothesis: beating baseline - margin by nothing is a coin flip
+    candidate, baseline = _one_sample_with_t(0.0, 4)
+    assert welch_one_sided(candidate, [baseline + 0.25], margin=0.25).p_value == pytest.approx(0.5, abs=1e-12)
 
 
 def test_welch_against_hand_computation():

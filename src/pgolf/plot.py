@@ -1,4 +1,4 @@
-"""Training curves: `curves.png` for one run and overlays of several runs.
+"""Training curves: `curves.png` for one run and overlays of several runs or groups of runs.
 
 A run folder holds `metrics.jsonl`, one JSON object per line. Training lines
 carry `train_loss` (with `step`, `train_tokens`, `lr_mult`, `tokens_per_second`,
@@ -118,8 +118,10 @@ def _new_figure(title: str):
     return plt, figure, axes
 
 
-def _draw_run(axes, records: Sequence[dict[str, Any]], label: str | None, color: str) -> bool:
-    """Draw one run's series on the four panels; returns whether anything was drawn."""
+def _draw_run(axes, records: Sequence[dict[str, Any]], label: str | None, color: str,
+              show_last: bool = True) -> bool:
+    """Draw one run's series on the four panels; returns whether anything was drawn. With `show_last`
+    the last val_bpb goes into the legend (labelled run) or next to the point (unlabelled run)."""
     drawn = False
     for (row, column), (x_key, y_key, _, _) in _PANELS.items():
         axis = axes[row][column]
@@ -132,11 +134,11 @@ def _draw_run(axes, records: Sequence[dict[str, Any]], label: str | None, color:
             axis.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
             axis.plot(xs, moving_average(ys, max(len(ys) // 50, 5)), color=color, linewidth=1.6, label=label)
         elif y_key == "val_bpb":
-            legend_label = f"{label}: last {ys[-1]:.4f}" if label is not None else None
+            legend_label = f"{label}: last {ys[-1]:.4f}" if label is not None and show_last else label
             axis.plot(xs, ys, color=color, linewidth=1.6, marker="o", markersize=3.5, label=legend_label)
         else:
             axis.plot(xs, ys, color=color, linewidth=1.6, label=label)
-        if y_key == "val_bpb" and label is None:
+        if y_key == "val_bpb" and label is None and show_last:
             axis.annotate(f"{ys[-1]:.4f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(-8, 8),
                           ha="right", fontsize=9)
     return drawn
@@ -180,9 +182,21 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike
     """Overlay several runs on one figure, legend `folder (preset)`; returns the path."""
     if not run_dirs:
         raise PgolfError("plot_runs needs at least one run folder")
-    loaded = [(run_label(run_dir), _require_records(run_dir)) for run_dir in run_dirs]
-    plt, figure, axes = _new_figure(f"{len(loaded)} runs compared")
+    return plot_groups([(run_label(run_dir), [run_dir]) for run_dir in run_dirs], out_path,
+                       f"{len(run_dirs)} runs compared")
+
+
+def plot_groups(groups: Sequence[tuple[str, Sequence[str | os.PathLike]]], out_path: str | os.PathLike,
+                title: str) -> Path:
+    """Overlay groups of runs (e.g. the seeds of one setting): one colour and one legend entry per group,
+    the group's first run labelled; returns the path."""
+    if not groups or not all(run_dirs for _, run_dirs in groups):
+        raise PgolfError("plot_groups needs at least one group, each with at least one run folder")
+    loaded = [(label, [_require_records(run_dir) for run_dir in run_dirs]) for label, run_dirs in groups]
+    plt, figure, axes = _new_figure(title)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, (label, records) in enumerate(loaded):
-        _draw_run(axes, records, label, colors[index % len(colors)])
+    for index, (label, runs) in enumerate(loaded):
+        for number, records in enumerate(runs):
+            _draw_run(axes, records, label if number == 0 else None, colors[index % len(colors)],
+                      show_last=len(runs) == 1)
     return _finish(plt, figure, axes, Path(out_path), legend=True)
