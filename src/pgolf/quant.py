@@ -11,23 +11,27 @@ artifact payload. Methods:
 - "int8":  per-row with the clip at the 99.99984th percentile of |row|,
            scale = clip / 127 (fp16), values clamp(round(clip(w) / scale), -127, 127).
 
-"pr198" and "baseline" reproduce the two recipes of the challenge (spec §5, §8).
-Two deliberate choices, both documented where they are made:
-
-- values are divided by the fp16-rounded scale that is stored, so every value
-  inside the clip comes back within half a step of the original;
-- a row whose scale would be 0 (an all-zero row) gets scale 1; its values are
-  all 0, so it still dequantises to exact zeros. The reference scripts instead
-  floor the scale at 1/31 (int6) and 1/127 (int8); that floor also coarsens any
-  row whose max is below 1, which destroys small models, so we do not copy it.
+"pr198" and "baseline" reproduce the two recipes of the challenge (spec §5, §8),
+floors included: a rule with `floor=True` never lets a row's scale drop below
+1/31 (int6) or 1/127 (int8). With weight decay most trained rows have
+max|row| < 1, so the floor puts them on the fixed grid 1/31 (1/127): far fewer
+distinct values, a much smaller compressed artifact, a slightly larger error.
+"pr198-nofloor" is the same table without the floor (every row uses its full
+range: smaller error, larger file). Rounding follows the reference: int6
+divides by the stored fp16 scale; floored int8 divides by the fp32 scale and
+stores it as fp16. Without the floor, int8 also divides by the stored fp16
+scale (every value inside the clip then comes back within half a step), and an
+all-zero row gets scale 1 (its values are 0, so it still dequantises to zeros).
 
 Everything here is pure: tensors in, tensors out, no I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +61,8 @@ class Rule:
     A tensor matches when every given condition holds: its kind ("float",
     "nonfloat" or "any"), at most `max_elements` elements, exactly `ndim`
     dimensions, and its name matching one of `patterns` (fnmatch globs; empty =
-    every name).
+    every name). `floor` keeps every int6/int8 row scale at or above 1/31 / 1/127
+    (the reference's floor, module docstring).
     """
 
     method: str
@@ -65,6 +70,7 @@ class Rule:
     max_elements: int | None = None
     ndim: int | None = None
     patterns: tuple[str, ...] = ()
+    floor: bool = False
 
     def matches(self, name: str, tensor: Tensor) -> bool:
         is_float = tensor.is_floating_point()
@@ -90,16 +96,23 @@ class Scheme:
 PR198_RULES = (
     Rule("exact", kind="nonfloat"),
     Rule("fp16", kind="float", max_elements=SMALL_TENSOR_MAX_ELEMENTS),
-    Rule("int6", kind="float", ndim=2, patterns=("blocks.*.attn.*.weight", "blocks.*.mlp.*.weight")),
-    Rule("int8", kind="float"),  # token embedding, bigram table, anything else large
+    Rule("int6", kind="float", ndim=2, patterns=("blocks.*.attn.*.weight", "blocks.*.mlp.*.weight"), floor=True),
+    Rule("int8", kind="float", floor=True),  # token embedding, bigram table, anything else large
 )
 BASELINE_RULES = (
     Rule("exact", kind="nonfloat"),
     Rule("fp16", kind="float", max_elements=SMALL_TENSOR_MAX_ELEMENTS),
-    Rule("int8", kind="float"),
+    Rule("int8", kind="float", floor=True),
 )
+
+
+def without_floor(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    return tuple(dataclasses.replace(rule, floor=False) for rule in rules)
+
+
 SCHEMES: dict[str, Scheme] = {
     "pr198": Scheme("pr198", PR198_RULES, compressor="zstd", level=22),
+    "pr198-nofloor": Scheme("pr198-nofloor", without_floor(PR198_RULES), compressor="zstd", level=22),
     "baseline": Scheme("baseline", BASELINE_RULES, compressor="zlib", level=9),
 }
 
@@ -112,12 +125,17 @@ def get_scheme(scheme: str | Scheme) -> Scheme:
     return SCHEMES[scheme]
 
 
-def choose_method(name: str, tensor: Tensor, scheme: str | Scheme) -> str:
-    """The method of the first rule that matches this tensor."""
+def choose_rule(name: str, tensor: Tensor, scheme: str | Scheme) -> Rule:
+    """The first rule of the scheme that matches this tensor."""
     for rule in get_scheme(scheme).rules:
         if rule.matches(name, tensor):
-            return rule.method
+            return rule
     raise PgolfError(f"quantisation scheme {get_scheme(scheme).name!r} has no rule for tensor {name!r}")
+
+
+def choose_method(name: str, tensor: Tensor, scheme: str | Scheme) -> str:
+    """The method of the first rule that matches this tensor."""
+    return choose_rule(name, tensor, scheme).method
 
 
 # ---------------------------------------------------------------- per-tensor functions
@@ -147,10 +165,16 @@ def _stored_scale(row_bound: Tensor, max_value: int) -> Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def quantize_int6_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row symmetric int6: (values int8 (rows, cols) in [-32, 31], scale fp16 (rows,))."""
+def quantize_int6_rows(weight: Tensor, floor: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric int6: (values int8 (rows, cols) in [-32, 31], scale fp16 (rows,)).
+
+    With `floor`, scale = max(max|row| / 31, 1/31) as in the reference (a row below 1 lands on the grid 1/31).
+    """
     rows = _as_rows(weight)  # (R, C)
-    scale = _stored_scale(rows.abs().amax(dim=1) if rows.numel() else rows.new_zeros(rows.shape[0]), INT6_MAX)
+    bound = rows.abs().amax(dim=1) if rows.numel() else rows.new_zeros(rows.shape[0])
+    if floor:
+        bound = bound.clamp_min(1.0)  # bound / 31 >= 1/31
+    scale = _stored_scale(bound, INT6_MAX)
     values = torch.clamp(torch.round(rows / scale.float()[:, None]), INT6_MIN, INT6_MAX)
     return values.to(torch.int8).contiguous(), scale.contiguous()
 
@@ -168,14 +192,19 @@ def int8_clip_bounds(weight: Tensor) -> Tensor:
     return torch.cat(chunks)
 
 
-def quantize_int8_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+def quantize_int8_rows(weight: Tensor, floor: bool = False) -> tuple[Tensor, Tensor]:
     """Per-row int8 with percentile clip: (values int8 (rows, cols) in [-127, 127], scale fp16 (rows,)).
 
-    As in the challenge's baseline, values are clamped to the clip before dividing.
+    As in the challenge's baseline, values are clamped to the clip before dividing. With `floor`,
+    exactly the reference: scale = max(clip / 127, 1/127) in fp32 for rounding, stored as fp16.
     """
     rows = _as_rows(weight)  # (R, C)
     bound = int8_clip_bounds(rows)  # (R,)
     clipped = torch.maximum(torch.minimum(rows, bound[:, None]), -bound[:, None])
+    if floor:
+        scale32 = (bound / INT8_MAX).clamp_min(1.0 / INT8_MAX)  # (R,) fp32, what the values are divided by
+        values = torch.clamp(torch.round(clipped / scale32[:, None]), -INT8_MAX, INT8_MAX)
+        return values.to(torch.int8).contiguous(), scale32.to(SCALE_DTYPE).contiguous()
     scale = _stored_scale(bound, INT8_MAX)
     values = torch.clamp(torch.round(clipped / scale.float()[:, None]), -INT8_MAX, INT8_MAX)
     return values.to(torch.int8).contiguous(), scale.contiguous()
@@ -241,7 +270,7 @@ class QuantizedState:
         return {f"{name}#{part}": data for name, entry in self.tensors.items() for part, data in entry.parts.items()}
 
 
-def quantize_tensor(weight: Tensor, method: str) -> QuantizedTensor:
+def quantize_tensor(weight: Tensor, method: str, floor: bool = False) -> QuantizedTensor:
     shape, dtype = tuple(weight.shape), weight.dtype
     weight = weight.detach().to("cpu")
     if method == "exact":
@@ -249,7 +278,7 @@ def quantize_tensor(weight: Tensor, method: str) -> QuantizedTensor:
     elif method == "fp16":
         parts = {"data": weight.to(torch.float16).contiguous()}
     elif method in ("int6", "int8"):
-        values, scale = (quantize_int6_rows if method == "int6" else quantize_int8_rows)(weight)
+        values, scale = (quantize_int6_rows if method == "int6" else quantize_int8_rows)(weight, floor)
         parts = {"values": values, "scale": scale}
     else:
         raise PgolfError(f"unknown quantisation method {method!r}; known: {', '.join(METHODS)}")
@@ -278,7 +307,8 @@ def quantize_state_dict(state: dict[str, Tensor], scheme: str | Scheme) -> Quant
                              "quantise the base model's state_dict")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise PgolfError(f"tensor {name!r} has NaN or infinite values; refusing to quantise it")
-        quantized.tensors[name] = quantize_tensor(tensor, choose_method(name, tensor, resolved))
+        rule = choose_rule(name, tensor, resolved)
+        quantized.tensors[name] = quantize_tensor(tensor, rule.method, rule.floor)
     return quantized
 
 
@@ -303,8 +333,21 @@ def category_of(name: str) -> str:
     return "control"
 
 
+FLOOR_MAX_VALUES = {"int6": INT6_MAX, "int8": INT8_MAX}  # the floor is 1 / this
+
+
+def floor_rows(entry: QuantizedTensor) -> int:
+    """How many rows sit on the floor grid: stored scale == fp16(1/31) (int6) or fp16(1/127) (int8).
+    (A floor-free row whose bound happens to be exactly 1 counts too; that is rare.)"""
+    if entry.method not in FLOOR_MAX_VALUES:
+        return 0
+    floor_scale = torch.tensor(1.0 / FLOOR_MAX_VALUES[entry.method]).to(SCALE_DTYPE)
+    return int((entry.parts["scale"] == floor_scale).sum())
+
+
 def tensor_summary(name: str, entry: QuantizedTensor) -> dict:
     """One JSON-able row for `pgolf inspect`: what is stored and how big it is before compression."""
+    scale = entry.parts.get("scale")
     return {
         "name": name,
         "category": category_of(name),
@@ -313,4 +356,6 @@ def tensor_summary(name: str, entry: QuantizedTensor) -> dict:
         "dtype": str(entry.dtype).removeprefix("torch."),
         "elements": entry.num_elements,
         "stored_bytes": entry.stored_bytes,
+        "rows": 0 if scale is None else scale.numel(),
+        "floor_rows": floor_rows(entry),
     }

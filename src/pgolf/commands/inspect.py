@@ -2,7 +2,8 @@
 
 Per tensor and per category (attention, mlp, embedding, bigram, control): the
 elements, the storage method, the bytes stored before compression, the bytes
-after compression and the bits per parameter. To attribute compressed bytes,
+after compression, the bits per parameter and, for int6/int8 tensors, how many
+rows sit on the scale floor (1/31, 1/127; see pgolf.quant). To attribute compressed bytes,
 each tensor's stored parts are compressed on their own with the artifact's
 compressor; the sum differs a little from the real payload, which is compressed
 as one stream. Then the header facts and the budget: file bytes + code bytes
@@ -101,11 +102,13 @@ def _table(rows: list[list[str]], right_aligned: set[int]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     header, totals = report["header"], report["totals"]
-    tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param"]]
+    tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param",
+                    "floor rows"]]
     for row in report["tensors"]:
+        floor = f"{row['floor_rows']:,}/{row['rows']:,}" if row["rows"] else "-"
         tensor_rows.append([row["name"], row["category"], row["method"], f"{row['elements']:,}",
                             f"{row['stored_bytes']:,}", f"{row['compressed_bytes']:,}",
-                            f"{row['bits_per_parameter']:.3f}"])
+                            f"{row['bits_per_parameter']:.3f}", floor])
     category_rows = [["category", "tensors", "methods", "elements", "stored", "compressed", "bits/param"]]
     for name, row in report["categories"].items():
         category_rows.append([name, str(row["tensors"]), ",".join(row["methods"]) or "-", f"{row['elements']:,}",
@@ -123,7 +126,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"payload_sha256: {header['payload_sha256']}",
         "model_config: " + json.dumps(header["model_config"], sort_keys=True),
         "",
-        _table(tensor_rows, right_aligned={3, 4, 5, 6}),
+        _table(tensor_rows, right_aligned={3, 4, 5, 6, 7}),
         "",
         _table(category_rows, right_aligned={1, 3, 4, 5, 6}),
         "",
