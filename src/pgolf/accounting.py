@@ -9,7 +9,8 @@ files needed to load and evaluate an artifact, listed explicitly in
 - `__init__.py`, `data/__init__.py`: executed by every import of the package;
 - `errors.py`, `config.py`: the error type and `ModelConfig` the artifact rebuilds;
 - `model.py`, `attention.py`: the network;
-- `quant.py`, `artifact.py`: reading, checking and dequantising the file;
+- `quant.py`, `artifact.py`, `compressors.py`, `pergroup.py`: reading, checking, decompressing
+  and dequantising the file;
 - `metric.py`, `evaluate.py`: bits per byte and (sliding-window) evaluation;
 - `distributed.py`: evaluation spreads windows over ranks and all-reduces sums;
 - `data/shards.py`: reading the validation shards;
@@ -47,6 +48,7 @@ CODE_MODULES: tuple[str, ...] = (
     "__init__.py",
     "artifact.py",
     "attention.py",
+    "compressors.py",
     "config.py",
     "data/__init__.py",
     "data/shards.py",
@@ -56,6 +58,7 @@ CODE_MODULES: tuple[str, ...] = (
     "evaluate.py",
     "metric.py",
     "model.py",
+    "pergroup.py",
     "quant.py",
 )
 

@@ -15,6 +15,10 @@ method, original shape and dtype, and for each stored part (values / scale /
 data) its dtype, shape, offset and length inside the decompressed payload.
 Tensor bytes are raw little-endian, in table order.
 
+The payload's compressor is a row of pgolf.compressors.COMPRESSORS (zstd, zlib, lzma, brotli,
+zpaq, pergroup); "pergroup" reorders the payload by the tensor table before compressing it,
+and its reader checks that layout against the same table.
+
 Loading never unpickles anything: a file is read as bytes, checked (magic,
 version, lengths, JSON, checksum, table against payload) and only then decoded
 with `torch.frombuffer`. Every refusal is an `ArtifactError` naming the file
@@ -29,24 +33,24 @@ import math
 import os
 import struct
 import sys
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from pgolf import __version__
+from pgolf.compressors import COMPRESSORS, PayloadError, compress, decompress
 from pgolf.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from pgolf.errors import PgolfError
 from pgolf.quant import (
-    METHODS,
     PartLayout,
     QuantizedState,
     QuantizedTensor,
     Scheme,
     dequantize_state_dict,
     get_scheme,
+    is_known_method,
     quantize_state_dict,
     stored_layout,
 )
@@ -67,53 +71,6 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 class ArtifactError(PgolfError):
     """A file that is not a valid pgolf artifact; the message names the file and the problem."""
-
-
-# ---------------------------------------------------------------- compressors
-
-
-class PayloadError(Exception):
-    """A compressed payload that does not decompress (raised by every compressor alike)."""
-
-
-def _zstd_compress(data: bytes, level: int) -> bytes:
-    import zstandard  # imported on use: training and benchmarks run where zstandard is not installed
-
-    return zstandard.ZstdCompressor(level=level).compress(data)
-
-
-def _zstd_decompress(data: bytes, raw_bytes: int) -> bytes:
-    import zstandard
-
-    try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_bytes)
-    except zstandard.ZstdError as error:
-        raise PayloadError(str(error)) from None
-
-
-def _zlib_compress(data: bytes, level: int) -> bytes:
-    return zlib.compress(data, level)
-
-
-def _zlib_decompress(data: bytes, raw_bytes: int) -> bytes:
-    decompressor = zlib.decompressobj()
-    try:
-        return decompressor.decompress(data, raw_bytes + 1)  # +1: an over-long payload shows as a length error
-    except zlib.error as error:
-        raise PayloadError(str(error)) from None
-
-
-# name -> (compress(data, level), decompress(data, expected_raw_bytes))
-COMPRESSORS: dict[str, tuple[Callable[[bytes, int], bytes], Callable[[bytes, int], bytes]]] = {
-    "zstd": (_zstd_compress, _zstd_decompress),
-    "zlib": (_zlib_compress, _zlib_decompress),
-}
-
-
-def compress(data: bytes, compressor: str, level: int) -> bytes:
-    if compressor not in COMPRESSORS:
-        raise PgolfError(f"unknown compressor {compressor!r}; known: {', '.join(sorted(COMPRESSORS))}")
-    return COMPRESSORS[compressor][0](data, level)
 
 
 # ---------------------------------------------------------------- results
@@ -223,12 +180,21 @@ def _atomic_write(path: Path, chunks: list[bytes]) -> None:
 
 
 def write_artifact(path, model_config: ModelConfig, quantized: QuantizedState, tokenizer_sha256: str,
-                   vocab_size: int) -> ArtifactInfo:
-    """Serialise an already quantised state (see `quantize_state_dict`) into a `.pgolf` file."""
+                   vocab_size: int, compressor: str | None = None, level: int | None = None) -> ArtifactInfo:
+    """Serialise an already quantised state (see `quantize_state_dict`) into a `.pgolf` file.
+
+    The compressor and level default to the scheme's (a scheme of pgolf.quant.SCHEMES); states from
+    other schemes (pgolf.calibrated) name theirs."""
     path = Path(path)
-    scheme = get_scheme(quantized.scheme)
+    if compressor is None:
+        scheme = get_scheme(quantized.scheme)
+    else:
+        if compressor not in COMPRESSORS:
+            raise PgolfError(f"unknown compressor {compressor!r}; known: {', '.join(sorted(COMPRESSORS))}")
+        scheme = Scheme(quantized.scheme, (), compressor, COMPRESSORS[compressor].default_level if level is None
+                        else level)
     raw, table = build_payload(quantized)
-    payload = compress(raw, scheme.compressor, scheme.level)
+    payload = compress(raw, scheme.compressor, scheme.level, table)
     payload_sha256 = hashlib.sha256(payload).hexdigest()
     header = build_header(model_config, scheme, tokenizer_sha256, vocab_size, table, payload_sha256, len(payload),
                           len(raw))
@@ -322,11 +288,14 @@ def _check_table(path: Path, table: Any, raw_bytes: int) -> list:
         if not isinstance(name, str) or name in seen or "#" in name:
             raise fail(f"bad or repeated tensor name {name!r}")
         seen.add(name)
-        if method not in METHODS or dtype_name not in DTYPES:
+        if not is_known_method(method) or dtype_name not in DTYPES:
             raise fail(f"{name}: unknown method {method!r} or dtype {dtype_name!r}")
         if not (isinstance(shape, list) and all(isinstance(size, int) and size >= 0 for size in shape)):
             raise fail(f"{name}: bad shape {shape!r}")
-        layout = stored_layout(tuple(shape), DTYPES[dtype_name], method)
+        try:
+            layout = stored_layout(tuple(shape), DTYPES[dtype_name], method)
+        except PgolfError as error:
+            raise fail(f"{name}: {error}") from None
         well_formed = isinstance(parts, list) and all(
             isinstance(part, list) and len(part) == 5 and isinstance(part[3], int) and isinstance(part[4], int)
             for part in parts)
@@ -361,12 +330,9 @@ def read_artifact(path) -> ArtifactContents:
         raise ArtifactError(f"{path}: unknown compressor {header['compressor']!r}")
     table = _check_table(path, header["tensors"], payload_info["raw_bytes"])
     try:
-        raw = COMPRESSORS[header["compressor"]][1](payload, payload_info["raw_bytes"])
+        raw = decompress(payload, header["compressor"], payload_info["raw_bytes"], table)
     except PayloadError as error:
         raise ArtifactError(f"{path}: payload does not decompress ({error})") from None
-    if len(raw) != payload_info["raw_bytes"]:
-        raise ArtifactError(f"{path}: payload decompresses to {len(raw)} bytes, "
-                            f"header says {payload_info['raw_bytes']}")
     buffer = bytearray(raw)
     quantized = QuantizedState(scheme=str(header["scheme"]))
     for name, method, shape, dtype_name, parts in table:
@@ -390,5 +356,8 @@ def load_artifact(path) -> LoadedArtifact:
         model_config = model_config_from_dict(contents.header["model_config"])
     except (PgolfError, TypeError, AttributeError, ValueError) as error:
         raise ArtifactError(f"{path}: bad model config in header ({error})") from None
-    return LoadedArtifact(model_config=model_config, state_dict=dequantize_state_dict(contents.quantized),
-                          meta=contents.header)
+    try:
+        state_dict = dequantize_state_dict(contents.quantized)
+    except PgolfError as error:  # e.g. AWQ columns outside the matrix
+        raise ArtifactError(f"{path}: tensors do not dequantise ({error})") from None
+    return LoadedArtifact(model_config=model_config, state_dict=state_dict, meta=contents.header)

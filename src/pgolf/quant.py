@@ -49,6 +49,8 @@ SCALE_DTYPE = torch.float16
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 PartLayout = dict[str, tuple[tuple[int, ...], torch.dtype]]  # {part name: (shape, dtype)}
 QUANTILE_MAX_ELEMENTS = 2**24
+LQER_GROUP = 64  # values of B per fp16 scale
+ROW_METHOD = re.compile(r"int([2-8])(?:\+awq([0-9]{1,5}))?(?:\+lqer([0-9]{1,3})(?:g([0-9]{1,5}))?)?")
 
 
 # ---------------------------------------------------------------- schemes as data
@@ -219,21 +221,87 @@ def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
+@dataclass(frozen=True)
+class RowMethod:
+    """A per-row integer method parsed from its name, "int{bits}[+awq{G}][+lqer{r}[g{group}]]":
+
+    values (R, C) in int8 containers times a per-row fp16 scale; optionally AWQ-lite's G columns
+    from `awq_start` with their own row scale; optionally a rank-r LQER correction A (R, r) int2
+    with one fp16 scale times B (r, C) int4 with one fp16 scale per `group` values of B flattened
+    row-major (pgolf.calibrated writes these).
+    """
+
+    bits: int
+    awq_columns: int = 0
+    lqer_rank: int = 0
+    lqer_group: int = LQER_GROUP
+
+
+def parse_row_method(method: str) -> RowMethod | None:
+    """The RowMethod a name describes, or None when it is not one ("exact", "fp16", nonsense)."""
+    match = ROW_METHOD.fullmatch(method) if isinstance(method, str) else None
+    if match is None:
+        return None
+    bits, awq, rank, group = match.groups()
+    parsed = RowMethod(int(bits), int(awq or 0), int(rank or 0), int(group or LQER_GROUP))
+    if (awq is not None and parsed.awq_columns < 1) or (rank is not None and parsed.lqer_rank < 1) \
+            or parsed.lqer_group < 1:
+        return None
+    return parsed
+
+
+def is_known_method(method: str) -> bool:
+    return method in ("exact", "fp16") or parse_row_method(method) is not None
+
+
 def stored_layout(shape: tuple[int, ...], dtype: torch.dtype, method: str) -> PartLayout:
     """The parts a tensor is stored as under `method`: {part: (shape, dtype)}; no data needed."""
     if method == "exact":
         return {"data": (tuple(shape), dtype)}
     if method == "fp16":
         return {"data": (tuple(shape), torch.float16)}
-    if method in ("int6", "int8"):
-        rows, columns = row_layout(tuple(shape))
-        return {"values": ((rows, columns), torch.int8), "scale": ((rows,), SCALE_DTYPE)}
-    raise PgolfError(f"unknown quantisation method {method!r}; known: {', '.join(METHODS)}")
+    parsed = parse_row_method(method)
+    if parsed is None:
+        raise PgolfError(f"unknown quantisation method {method!r}; known: exact, fp16, int2..int8 "
+                         "[+awqG][+lqerR[gN]]")
+    rows, columns = row_layout(tuple(shape))
+    layout = {"values": ((rows, columns), torch.int8), "scale": ((rows,), SCALE_DTYPE)}
+    if parsed.awq_columns:
+        if parsed.awq_columns > columns:
+            raise PgolfError(f"method {method} needs {parsed.awq_columns} columns, the tensor has {columns}")
+        layout.update(awq_start=((1,), torch.int32), awq_scale=((rows,), SCALE_DTYPE))
+    if parsed.lqer_rank:
+        rank, groups = parsed.lqer_rank, math.ceil(parsed.lqer_rank * columns / parsed.lqer_group)
+        layout.update(lqer_a=((rows, rank), torch.int8), lqer_a_scale=((1,), SCALE_DTYPE),
+                      lqer_b=((rank, columns), torch.int8), lqer_b_scale=((groups,), SCALE_DTYPE))
+    return layout
 
 
 def dequantize_rows(values: Tensor, scale: Tensor, shape: tuple[int, ...]) -> Tensor:
     """values (R, C) int8 times scale (R,) -> float32 tensor of the original shape."""
     return (values.float() * scale.float()[:, None]).reshape(shape).contiguous()
+
+
+def lqer_correction(parts: dict[str, Tensor], group: int) -> Tensor:
+    """A_hat (R, r) @ B_hat (r, C): int2 A times its one scale, int4 B times its per-group scales."""
+    a = parts["lqer_a"].float() * parts["lqer_a_scale"].float()  # (R, r)
+    b_values = parts["lqer_b"].float().reshape(-1)  # (r*C,), row-major
+    group_scale = parts["lqer_b_scale"].float().repeat_interleave(group)[: b_values.numel()]
+    return a @ (b_values * group_scale).reshape(parts["lqer_b"].shape)  # (R, C)
+
+
+def dequantize_row_method(entry: "QuantizedTensor", parsed: RowMethod) -> Tensor:
+    values, parts = entry.parts["values"], entry.parts
+    restored = values.float() * parts["scale"].float()[:, None]  # (R, C)
+    if parsed.awq_columns:
+        start = int(parts["awq_start"][0])
+        if not 0 <= start <= values.shape[1] - parsed.awq_columns:
+            raise PgolfError(f"AWQ columns start at {start}, outside 0..{values.shape[1] - parsed.awq_columns}")
+        group = slice(start, start + parsed.awq_columns)
+        restored[:, group] = values[:, group].float() * parts["awq_scale"].float()[:, None]
+    if parsed.lqer_rank:
+        restored = restored + lqer_correction(parts, parsed.lqer_group)
+    return restored.reshape(entry.shape).contiguous()
 
 
 # ---------------------------------------------------------------- whole state dicts
@@ -292,7 +360,10 @@ def dequantize_tensor(entry: QuantizedTensor) -> Tensor:
         return entry.parts["data"].to(entry.dtype).contiguous()
     if entry.method in ("int6", "int8"):
         return dequantize_rows(entry.parts["values"], entry.parts["scale"], entry.shape)
-    raise PgolfError(f"unknown quantisation method {entry.method!r}; known: {', '.join(METHODS)}")
+    parsed = parse_row_method(entry.method)
+    if parsed is None:
+        raise PgolfError(f"unknown quantisation method {entry.method!r}; known: {', '.join(METHODS)}")
+    return dequantize_row_method(entry, parsed)
 
 
 def quantize_state_dict(state: dict[str, Tensor], scheme: str | Scheme) -> QuantizedState:
