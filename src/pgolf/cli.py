@@ -14,7 +14,8 @@ import pgolf
 from pgolf import __version__
 from pgolf.errors import PgolfError
 
-COMMAND_MODULES = ("data", "train", "eval", "inspect", "submit", "demo", "plot", "bench", "verify", "export")
+COMMAND_MODULES = ("data", "train", "eval", "inspect", "submit", "demo", "plot", "bench", "verify", "export",
+                   "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:
