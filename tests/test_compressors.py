@@ -155,3 +155,16 @@ def test_decompressors_refuse_a_wrong_length():
             decompress(blob, name, len(raw) - 1)
         with pytest.raises(PayloadError):
             decompress(blob, name, len(raw) + 1)
+
+
+def test_inspect_compares_every_compressor_on_the_same_payload(tmp_path, capsys):
+    from pgolf.cli import main
+    from pgolf.commands.inspect import inspect_artifact
+
+    path = tmp_path / "model.pgolf"
+    write_artifact(path, CONFIG, quantize_state_dict(state(), SCHEME), "0" * 64, 60, compressor="zstd")
+    report = inspect_artifact(path, compare_compressors=True)
+    assert set(report["compressors"]) == set(COMPRESSORS)
+    assert report["compressors"]["zstd"] == report["totals"]["bytes_payload_compressed"]
+    assert main(["inspect", str(path), "--compare-compressors"]) == 0
+    assert "payload bytes by compressor" in capsys.readouterr().out

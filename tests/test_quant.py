@@ -15,8 +15,8 @@ from pgolf.quant import (
     quantize_int6_rows,
     quantize_int8_rows,
     quantize_state_dict,
-    tensor_summary,
 )
+from pgolf.commands.inspect import tensor_summary
 
 
 def heavy_tailed(rows: int, columns: int, seed: int = 0) -> torch.Tensor:

@@ -13,11 +13,57 @@ against 16,000,000.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any
 
 CATEGORIES = ("attention", "mlp", "embedding", "bigram", "control")
+
+
+def category_of(name: str) -> str:
+    """Which part of the model a parameter belongs to, for size reports."""
+    if fnmatch.fnmatchcase(name, "blocks.*.attn.*.weight"):
+        return "attention"
+    if fnmatch.fnmatchcase(name, "blocks.*.mlp.*.weight"):
+        return "mlp"
+    if name.startswith("tok_emb."):
+        return "embedding"
+    if name.startswith("bigram."):
+        return "bigram"
+    return "control"
+
+
+FLOOR_MAX_VALUES = {"int6": 31, "int8": 127}  # the floor is 1 / this (pgolf.quant)
+
+
+def floor_rows(entry) -> int:
+    """How many rows sit on the floor grid: stored scale == fp16(1/31) (int6) or fp16(1/127) (int8).
+    (A floor-free row whose bound happens to be exactly 1 counts too; that is rare.)"""
+    import torch
+
+    from pgolf.quant import SCALE_DTYPE
+
+    if entry.method not in FLOOR_MAX_VALUES:
+        return 0
+    floor_scale = torch.tensor(1.0 / FLOOR_MAX_VALUES[entry.method]).to(SCALE_DTYPE)
+    return int((entry.parts["scale"] == floor_scale).sum())
+
+
+def tensor_summary(name: str, entry) -> dict:
+    """One JSON-able row for `pgolf inspect`: what is stored and how big it is before compression."""
+    scale = entry.parts.get("scale")
+    return {
+        "name": name,
+        "category": category_of(name),
+        "method": entry.method,
+        "shape": list(entry.shape),
+        "dtype": str(entry.dtype).removeprefix("torch."),
+        "elements": entry.num_elements,
+        "stored_bytes": entry.stored_bytes,
+        "rows": 0 if scale is None else scale.numel(),
+        "floor_rows": floor_rows(entry),
+    }
 
 
 def register(subparsers) -> None:
@@ -26,6 +72,9 @@ def register(subparsers) -> None:
                                                "its header and the size budget.")
     parser.add_argument("artifact", help="a .pgolf file")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--compare-compressors", action="store_true",
+                        help="also compress the same payload with every compressor of pgolf.compressors "
+                             "(zpaq and pergroup are slow: tens of kB/s to a few MB/s)")
     parser.set_defaults(func=run)
 
 
@@ -33,13 +82,21 @@ def _bits_per_parameter(compressed_bytes: int, elements: int) -> float:
     return 8.0 * compressed_bytes / elements if elements else 0.0
 
 
-def inspect_artifact(path: Path) -> dict[str, Any]:
+def compressor_bytes(contents) -> dict[str, int]:
+    """Payload bytes of the same stored tensors under every compressor (default levels)."""
+    from pgolf.artifact import build_payload
+    from pgolf.compressors import COMPRESSORS, compress
+
+    raw, table = build_payload(contents.quantized)
+    return {name: len(compress(raw, name, compressor.default_level, table))
+            for name, compressor in COMPRESSORS.items()}
+
+
+def inspect_artifact(path: Path, compare_compressors: bool = False) -> dict[str, Any]:
     """The whole report as a JSON-able dict (also what `--json` prints)."""
     from pgolf import accounting
     from pgolf.artifact import compress, read_artifact, tensor_bytes
     from pgolf.errors import PgolfError
-    from pgolf.quant import tensor_summary
-
     contents = read_artifact(path)
     header = contents.header
     tensors = []
@@ -87,7 +144,10 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
     facts = {key: header[key] for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
                                           "tokenizer_sha256", "vocab_size", "model_config")}
     facts["payload_sha256"] = header["payload"]["sha256"]
-    return {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
+    report = {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
+    if compare_compressors:
+        report["compressors"] = compressor_bytes(contents)
+    return report
 
 
 def _table(rows: list[list[str]], right_aligned: set[int]) -> str:
@@ -139,10 +199,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"bytes_total: {number(totals['bytes_total'])}  budget: {totals['bytes_budget']:,}  "
         f"headroom: {number(totals['bytes_headroom'])}  fits: {totals['fits']}",
     ]
+    if "compressors" in report:
+        lines.append("payload bytes by compressor: " + "  ".join(
+            f"{name} {size:,}" for name, size in sorted(report["compressors"].items(), key=lambda item: item[1])))
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect_artifact(Path(args.artifact))
+    report = inspect_artifact(Path(args.artifact), args.compare_compressors)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
