@@ -12,7 +12,7 @@
 - zpaq (level 5, one thread: the output must not depend on the machine's core count), from the
   `zpaq` PyPI package (no system binary); its decompressor cannot be bounded, see `_zpaq_decompress`;
 - pergroup: the frontier layout (frontier.md §5), see pgolf.pergroup; its level is the ZPAQ level
-  of the group streams (3 by default).
+  of the group streams (4 by default).
 
 Decompressors raise `PayloadError` for anything that does not decompress to the promised length.
 """
@@ -162,9 +162,10 @@ COMPRESSORS: dict[str, Compressor] = {
     "lzma": Compressor(_lzma_compress, _lzma_decompress, 9),
     "brotli": Compressor(_brotli_compress, _brotli_decompress, 11),
     "zpaq": Compressor(_zpaq_compress, _zpaq_decompress, 5),
-    # ZPAQ level 3 for the per-group streams: on int6 values level 5 was 3% smaller but ~8x slower
-    # (8.4 s against 1.0 s per 300 kB to compress, 7.5 s against 0.6 s to decompress; docs/log.md)
-    "pergroup": Compressor(_pergroup_compress, _pergroup_decompress, 3),
+    # ZPAQ level 4 for the per-group streams: level 3 barely compressed trained int6 rows (435,396 bytes
+    # of 442,368 for one MLP matrix, where level 4 gave 307,489 and lzma 303,288); level 5 is ~3x
+    # slower than 4 (docs/log.md)
+    "pergroup": Compressor(_pergroup_compress, _pergroup_decompress, 4),
 }
 
 

@@ -123,7 +123,7 @@ def _group_codec() -> int:
     return CODEC_ZPAQ
 
 
-def pack(raw: bytes, table: list, level: int = 3) -> bytes:
+def pack(raw: bytes, table: list, level: int = 4) -> bytes:
     payload = np.frombuffer(raw, dtype=np.uint8)
     grouped = np.zeros(len(raw), dtype=bool)
     streams: list[tuple[int, bytes]] = []
