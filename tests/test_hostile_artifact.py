@@ -191,10 +191,14 @@ def test_a_zstd_stream_is_not_called_a_pickle(tmp_path):
 
 def test_every_compressor_bounds_its_output():
     """A stream of 64 MiB of zeros asked for 1 KiB: no compressor may return more than 1 KiB + 1."""
-    for name, (compress, decompress) in artifact.COMPRESSORS.items():
-        stream = compress(bytes(64 << 20), 1)
+    from pgolf.compressors import COMPRESSORS
+
+    for name, compressor in COMPRESSORS.items():
+        if name == "zpaq":
+            continue  # the optional zpaq package has no output bound (docs/reliability.md): not a default
+        stream = compressor.compress(bytes(64 << 20), 1, [])
         try:
-            out = decompress(stream, 1024)
+            out = compressor.decompress(stream, 1024, [])
         except artifact.PayloadError:
             continue
         assert len(out) <= 1025, name

@@ -14,11 +14,12 @@ import pgolf
 # (layer, modules relative to src/pgolf without .py; a trailing "/" takes the whole folder)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("__init__", "errors", "challenge", "machine", "progress", "config", "distributed")),
-    ("data and source tools", ("data/", "packaging/__init__", "packaging/bundle", "packaging/export")),
-    ("recipe", ("attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "metric", "flops")),
-    ("scoring", ("evaluate", "artifact", "runtime", "scoring", "packaging/size", "plot", "kernels/")),
+    ("data and source tools", ("data/", "packaging/__init__", "packaging/bundle", "packaging/export", "packaging/packcode")),
+    ("recipe", ("attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "gptq",
+                "calibrated", "hessians", "compressors", "pergroup", "metric", "flops")),
+    ("scoring", ("evaluate", "artifact", "weights", "runtime", "scoring", "packaging/size", "plot", "kernels/")),
     ("the run", ("build", "checkpoint", "runlog", "finish", "train")),
-    ("tools", ("bench", "demo", "packaging/entry", "packaging/submit", "verify/", "ablate/")),
+    ("tools", ("bench", "demo", "packaging/entry", "packaging/submit", "verify/", "ablate/", "requantize")),
     ("command line", ("commands/", "cli", "__main__")),
 ]
 ROOT = Path(pgolf.__file__).resolve().parent

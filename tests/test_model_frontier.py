@@ -339,7 +339,8 @@ def test_looped_laned_forward_compiles_to_one_graph_without_breaks():
 
 
 def test_new_parameters_get_the_small_tensor_rule_of_the_pr198_scheme():
-    from pgolf.quant import category_of, choose_method
+    from pgolf.commands.inspect import category_of
+    from pgolf.quant import choose_method
 
     model = GPT(frontier_tiny().model)
     methods = {name: choose_method(name, parameter.detach(), "pr198") for name, parameter in model.named_parameters()}

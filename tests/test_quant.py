@@ -16,6 +16,7 @@ from pgolf.quant import (
     quantize_int8_rows,
     quantize_state_dict,
 )
+from pgolf.commands.inspect import tensor_summary
 
 
 def heavy_tailed(rows: int, columns: int, seed: int = 0) -> torch.Tensor:
@@ -71,6 +72,86 @@ def test_int8_clip_is_the_percentile_and_outliers_are_clamped():
     # The outlier comes back at the clip, not at 40.
     assert abs(float(restored[0, 17]) - float(bound[0])) <= float(step[0]) / 2 * (1 + 1e-5)
     np.testing.assert_allclose(scale.float().numpy(), (bound / 127).numpy(), rtol=1e-3)
+
+
+def rows_with_known_maxima(columns: int = 2000) -> torch.Tensor:
+    """Rows whose max|row| is below 1, above 1, exactly 0, and one small row with a huge outlier."""
+    generator = torch.Generator().manual_seed(7)
+    rows = torch.randn(6, columns, generator=generator)
+    rows[0] *= 0.01  # max well below 1: on the floor
+    rows[1] *= 0.2  # max below 1
+    rows[2] *= 3.0  # max above 1: its own scale
+    rows[3] = 0.0  # all zero
+    rows[4] *= 0.01
+    rows[4, 123] = 50.0  # one huge outlier in a small row
+    rows[5] = rows[5].clamp(-0.999, 0.999)
+    return rows
+
+
+def reference_int6(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spec §5 written out: scale = max(max|row| / 31, 1/31) stored fp16; q = clamp(round(w / fp16 scale))."""
+    values, scales = [], []
+    for row in weight.astype(np.float32):
+        scale = np.float16(max(np.float32(np.abs(row).max()) / np.float32(31), np.float32(1) / np.float32(31)))
+        values.append(np.clip(np.round(row / np.float32(scale)), -32, 31))
+        scales.append(scale)
+    return np.array(values, dtype=np.int8), np.array(scales, dtype=np.float16)
+
+
+def reference_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spec §5/§8 written out: clip = 99.99984th percentile of |row| (torch.quantile, linear, fp32 as in
+    the reference), scale = max(clip / 127, 1/127) in fp32 for rounding, stored fp16."""
+    values, scales = [], []
+    for row in weight.astype(np.float32):
+        clip = np.float32(torch.quantile(torch.from_numpy(np.abs(row)), 0.9999984).item())
+        scale = max(clip / np.float32(127), np.float32(1) / np.float32(127))
+        values.append(np.clip(np.round(np.clip(row, -clip, clip) / scale), -127, 127))
+        scales.append(np.float16(scale))
+    return np.array(values, dtype=np.int8), np.array(scales, dtype=np.float16)
+
+
+def test_int6_with_floor_matches_the_spec_transcription_value_for_value():
+    weight = rows_with_known_maxima()
+    values, scale = quantize_int6_rows(weight, floor=True)
+    want_values, want_scale = reference_int6(weight.numpy())
+    np.testing.assert_array_equal(scale.numpy(), want_scale)
+    np.testing.assert_array_equal(values.numpy(), want_values)
+    floor = np.float16(1 / 31)
+    assert [bool(value == floor) for value in scale.numpy()] == [True, True, False, True, False, True]
+    # On the floor grid a row of max 0.01 uses only a couple of integers; without the floor all 63.
+    assert len(np.unique(values[0].numpy())) <= 3
+    assert len(np.unique(quantize_int6_rows(weight)[0][0].numpy())) > 50
+
+
+def test_int8_with_floor_matches_the_spec_transcription_value_for_value():
+    weight = rows_with_known_maxima()
+    values, scale = quantize_int8_rows(weight, floor=True)
+    want_values, want_scale = reference_int8(weight.numpy())
+    np.testing.assert_array_equal(scale.numpy(), want_scale)
+    np.testing.assert_array_equal(values.numpy(), want_values)
+    assert float(scale[2]) > 1 / 127 and float(scale[0]) == pytest.approx(1 / 127, rel=1e-3)
+    # the outlier is clipped at the percentile (just under 50 here) and takes the top integer
+    assert int(values[4, 123]) == 127 and float(int8_clip_bounds(weight)[4]) < 50.0
+
+
+@pytest.mark.parametrize("scheme,floored", [("pr198", True), ("baseline", True), ("pr198-nofloor", False)])
+def test_schemes_apply_their_floor(scheme, floored):
+    weight = rows_with_known_maxima(columns=1024) * 0.5  # (6, 1024) = 6,144 elements: pad to a large tensor
+    big = weight.repeat(20, 1)  # (120, 1024), above the fp16 passthrough limit
+    state = {"blocks.0.mlp.fc.weight": big, "tok_emb.weight": big.clone()}
+    quantized = quantize_state_dict(state, scheme)
+    for name, entry in quantized.tensors.items():
+        reference = reference_int6 if entry.method == "int6" else reference_int8
+        values, scales = reference(big.numpy())
+        if floored:
+            np.testing.assert_array_equal(entry.parts["values"].numpy(), values, err_msg=name)
+            np.testing.assert_array_equal(entry.parts["scale"].numpy(), scales, err_msg=name)
+        else:
+            assert not np.array_equal(entry.parts["scale"].numpy(), scales)
+        summary = tensor_summary(name, entry)
+        assert summary["rows"] == 120
+        want_floor = int((scales == np.float16(1 / (31 if entry.method == "int6" else 127))).sum())
+        assert summary["floor_rows"] == (want_floor if floored else 0)
 
 
 def test_small_floats_pass_through_as_fp16_and_come_back_in_their_dtype():

@@ -26,6 +26,11 @@ claims), and `load_artifact` checks the model config against the tensor table
 (`check_model_config_against_table`) before anything builds a model. Only then
 are tensors decoded with `torch.frombuffer`. Every refusal is an
 `ArtifactError` naming the file and the problem.
+
+The payload's compressor is a row of pgolf.compressors.COMPRESSORS (zstd, zlib, lzma, brotli,
+zpaq, pergroup); "pergroup" reorders the payload by the tensor table before compressing it,
+and its reader checks that layout against the same table.
+
 """
 
 from __future__ import annotations
@@ -36,24 +41,24 @@ import math
 import os
 import struct
 import sys
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from pgolf import __version__
+from pgolf.compressors import COMPRESSORS, PayloadError, compress, decompress
 from pgolf.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from pgolf.errors import PgolfError
 from pgolf.quant import (
-    METHODS,
     PartLayout,
     QuantizedState,
     QuantizedTensor,
     Scheme,
     dequantize_state_dict,
     get_scheme,
+    is_known_method,
     quantize_state_dict,
     stored_layout,
 )
@@ -82,70 +87,6 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 class ArtifactError(PgolfError):
     """A file that is not a valid pgolf artifact; the message names the file and the problem."""
-
-
-# ---------------------------------------------------------------- compressors
-
-
-class PayloadError(Exception):
-    """A compressed payload that does not decompress (raised by every compressor alike)."""
-
-
-def _zstd_compress(data: bytes, level: int) -> bytes:
-    import zstandard  # imported on use: training and benchmarks run where zstandard is not installed
-
-    return zstandard.ZstdCompressor(level=level).compress(data)
-
-
-def _zstd_decompress(data: bytes, raw_bytes: int) -> bytes:
-    """At most raw_bytes + 1 bytes out (one more shows an over-long stream as a length error).
-
-    `ZstdDecompressor.decompress` allocates whatever size the frame header claims (a 99 KB file
-    can claim 3 GiB), so the claim is checked first and the stream is read through a bounded reader.
-    """
-    import io
-
-    import zstandard
-
-    try:
-        claimed = zstandard.frame_content_size(data)
-        if claimed > raw_bytes:  # -1: the frame does not say; the bounded read below still holds
-            raise PayloadError(f"the zstd frame claims {claimed} bytes, the header {raw_bytes}")
-        output = bytearray()
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            while len(output) <= raw_bytes:
-                chunk = reader.read(min(raw_bytes + 1 - len(output), 1 << 24))
-                if not chunk:
-                    break
-                output += chunk
-        return output
-    except zstandard.ZstdError as error:
-        raise PayloadError(str(error)) from None
-
-
-def _zlib_compress(data: bytes, level: int) -> bytes:
-    return zlib.compress(data, level)
-
-
-def _zlib_decompress(data: bytes, raw_bytes: int) -> bytes:
-    decompressor = zlib.decompressobj()
-    try:
-        return decompressor.decompress(data, raw_bytes + 1)  # +1: an over-long payload shows as a length error
-    except zlib.error as error:
-        raise PayloadError(str(error)) from None
-
-
-# name -> (compress(data, level), decompress(data, expected_raw_bytes))
-COMPRESSORS: dict[str, tuple[Callable[[bytes, int], bytes], Callable[[bytes, int], bytes]]] = {
-    "zstd": (_zstd_compress, _zstd_decompress),
-    "zlib": (_zlib_compress, _zlib_decompress),
-}
-
-
-def compress(data: bytes, compressor: str, level: int) -> bytes:
-    if compressor not in COMPRESSORS:
-        raise PgolfError(f"unknown compressor {compressor!r}; known: {', '.join(sorted(COMPRESSORS))}")
-    return COMPRESSORS[compressor][0](data, level)
 
 
 # ---------------------------------------------------------------- results
@@ -269,12 +210,21 @@ def _atomic_write(path: Path, chunks: list[bytes]) -> None:
 
 
 def write_artifact(path, model_config: ModelConfig, quantized: QuantizedState, tokenizer_sha256: str,
-                   vocab_size: int) -> ArtifactInfo:
-    """Serialise an already quantised state (see `quantize_state_dict`) into a `.pgolf` file."""
+                   vocab_size: int, compressor: str | None = None, level: int | None = None) -> ArtifactInfo:
+    """Serialise an already quantised state (see `quantize_state_dict`) into a `.pgolf` file.
+
+    The compressor and level default to the scheme's (a scheme of pgolf.quant.SCHEMES); states from
+    other schemes (pgolf.calibrated) name theirs."""
     path = Path(path)
-    scheme = get_scheme(quantized.scheme)
+    if compressor is None:
+        scheme = get_scheme(quantized.scheme)
+    else:
+        if compressor not in COMPRESSORS:
+            raise PgolfError(f"unknown compressor {compressor!r}; known: {', '.join(sorted(COMPRESSORS))}")
+        scheme = Scheme(quantized.scheme, (), compressor, COMPRESSORS[compressor].default_level if level is None
+                        else level)
     raw, table = build_payload(quantized)
-    payload = compress(raw, scheme.compressor, scheme.level)
+    payload = compress(raw, scheme.compressor, scheme.level, table)
     payload_sha256 = hashlib.sha256(payload).hexdigest()
     header = build_header(model_config, scheme, tokenizer_sha256, vocab_size, table, payload_sha256, len(payload),
                           len(raw))
@@ -422,7 +372,7 @@ def _check_table(path: Path, table: Any, raw_bytes: int) -> list:
         if not isinstance(name, str) or name in seen or "#" in name:
             raise fail(f"bad or repeated tensor name {shown(name)}")
         seen.add(name)
-        if method not in METHODS or dtype_name not in DTYPES:
+        if not is_known_method(method) or dtype_name not in DTYPES:
             raise fail(f"{shown(name)}: unknown method {shown(method)} or dtype {shown(dtype_name)}")
         if not (isinstance(shape, list) and len(shape) <= MAX_TENSOR_DIMS and all(
                 isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_RAW_PAYLOAD_BYTES
@@ -430,7 +380,10 @@ def _check_table(path: Path, table: Any, raw_bytes: int) -> list:
             raise fail(f"{shown(name)}: bad shape {shown(shape)}")
         if math.prod(shape) > 8 * raw_bytes:  # no method stores an element in less than one bit
             raise fail(f"{shown(name)}: shape {shape} holds more elements than the payload has bits")
-        layout = stored_layout(tuple(shape), DTYPES[dtype_name], method)
+        try:
+            layout = stored_layout(tuple(shape), DTYPES[dtype_name], method)
+        except PgolfError as error:
+            raise fail(f"{shown(name)}: {error}") from None
         well_formed = isinstance(parts, list) and all(
             isinstance(part, list) and len(part) == 5 and isinstance(part[3], int) and isinstance(part[4], int)
             for part in parts)
@@ -468,7 +421,7 @@ def read_artifact(path) -> ArtifactContents:
         raise ArtifactError(f"{path}: unknown compressor {shown(header['compressor'])}")
     table = _check_table(path, header["tensors"], payload_info["raw_bytes"])
     try:
-        raw = COMPRESSORS[header["compressor"]][1](payload, payload_info["raw_bytes"])
+        raw = decompress(payload, header["compressor"], payload_info["raw_bytes"], table)
     except PayloadError as error:
         raise ArtifactError(f"{path}: payload does not decompress ({error})") from None
     if len(raw) > payload_info["raw_bytes"]:  # the bounded decompressors stop one byte past the declared size
@@ -526,5 +479,8 @@ def load_artifact(path) -> LoadedArtifact:
     contents = read_artifact(path)
     model_config = check_model_config_against_table(path, contents.header["model_config"],
                                                     contents.header["tensors"])
-    return LoadedArtifact(model_config=model_config, state_dict=dequantize_state_dict(contents.quantized),
-                          meta=contents.header)
+    try:
+        state_dict = dequantize_state_dict(contents.quantized)
+    except PgolfError as error:  # e.g. AWQ columns outside the matrix
+        raise ArtifactError(f"{path}: tensors do not dequantise ({error})") from None
+    return LoadedArtifact(model_config=model_config, state_dict=state_dict, meta=contents.header)

@@ -14,7 +14,8 @@ import pgolf
 from pgolf import __version__
 from pgolf.errors import PgolfError, printable
 
-COMMAND_MODULES = ("data", "train", "eval", "inspect", "submit", "demo", "plot", "bench", "verify", "export", "ablate")
+COMMAND_MODULES = ("data", "train", "eval", "inspect", "quantize", "submit", "demo", "plot", "bench", "verify",
+                   "export", "ablate")
 
 
 def build_parser() -> argparse.ArgumentParser:

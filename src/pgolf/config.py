@@ -173,7 +173,7 @@ def check_field_types(config) -> None:
 
 
 RUNTIME_CHOICES = {"autocast_dtype": ("auto", "bf16", "fp32"), "compile": ("auto", "on", "off"),
-                   "device": ("auto", "cpu", "cuda"), "code_packing": ("plain", "lzma"),
+                   "device": ("auto", "cpu", "cuda"), "code_packing": ("plain", "lzma", "minify-brotli"),
                    "lr_schedule": ("step_warmdown", "fraction_warmdown"),
                    "muon_coefficients": ("quintic", "polar_express")}
 
@@ -230,7 +230,7 @@ class RunConfig:
     swa_start_lr_mult: float = 0.5
     # artifact
     quant_scheme: str = "pr198"  # name in pgolf.quant.SCHEMES
-    code_packing: str = "lzma"  # the exported train_gpt.py (the counted code): "lzma" self-extracting, or "plain"
+    code_packing: str = "lzma"  # the exported train_gpt.py (counted code): "lzma", "minify-brotli" or "plain"
     # evaluation
     eval_seq_len: int = 2048
     eval_stride: int = 64  # == eval_seq_len means plain (non-overlapping) scoring
@@ -367,7 +367,7 @@ def frontier_model() -> ModelConfig:
         mlp_negative_slope=0.5, qk_gain_init=5.0, bigram_buckets=0, smear_gate=True, smear_gate_window=12,
         document_isolation=True, xsa_layers=tuple(range(11)), rope_dims=16, layer_norm_scale=True,
         skip_gates=True, loop_layers=(3, 4, 5), num_loop_passes=3, parallel_lanes_from=8,
-        attn_gate_window=12, attn_gate_scale=0.5,
+        attn_gate_window=12, attn_gate_scale=0.5, embedding_dtype="bf16",
     )
 
 
@@ -411,6 +411,7 @@ def frontier() -> RunConfig:
         eval_stride=2048,  # diagnostics: non-overlapping, document-isolated windows
         eval_batch_seqs=32,
         val_every=0,  # mid-run validation: never
+        code_packing="minify-brotli",  # python-minifier + brotli-11 + base85 (frontier.md §5)
     )
 
 

@@ -31,8 +31,8 @@ from pgolf.model import GPT
 from pgolf.runlog import RunLog, config_sha256, write_json_atomic
 from pgolf.runtime import autocast_dtype
 from pgolf.scoring import ValData, model_from_artifact, score
+from pgolf.weights import FULL_WEIGHTS_NAME, save_full_weights
 
-FULL_WEIGHTS_NAME = "weights.safetensors"  # the averaged weights in full precision, for `pgolf quantize`
 
 
 @dataclass
@@ -76,7 +76,7 @@ def finish_run(run: FinishInputs, run_dir: Path | None, log: RunLog, quiet: bool
         save_artifact(artifact_path, config.model, state_dict, config.quant_scheme, run.val.tokenizer_sha256,
                       config.model.vocab_size)
         if run_dir is not None:
-            save_full_weights(Path(run_dir) / FULL_WEIGHTS_NAME, state_dict, log)
+            keep_full_weights(Path(run_dir) / FULL_WEIGHTS_NAME, state_dict, log)
     barrier(dist)
 
     shipped = model_from_artifact(load_artifact(artifact_path), dist.device, config.compile)
@@ -135,14 +135,12 @@ def finish_run(run: FinishInputs, run_dir: Path | None, log: RunLog, quiet: bool
     return result
 
 
-def save_full_weights(path: Path, state_dict: dict[str, torch.Tensor], log: RunLog) -> None:
-    """The averaged weights as trained (safetensors: no pickle), so they can be quantised again later."""
+def keep_full_weights(path: Path, state_dict: dict[str, torch.Tensor], log: RunLog) -> None:
+    """The averaged weights as trained, so they can be quantised again later (`pgolf quantize`)."""
     try:
-        from safetensors.torch import save_file
+        save_full_weights(path, state_dict)
     except ModuleNotFoundError:  # an exported script may run where safetensors is not installed
         log.fields(full_weights="skipped (safetensors is not installed)")
-        return
-    save_file({name: tensor.contiguous() for name, tensor in state_dict.items()}, str(path))
 
 
 def write_curves(run_dir: Path, log: RunLog) -> None:

@@ -2,7 +2,8 @@
 
 Per tensor and per category (attention, mlp, embedding, bigram, control): the
 elements, the storage method, the bytes stored before compression, the bytes
-after compression and the bits per parameter. To attribute compressed bytes,
+after compression, the bits per parameter and, for int6/int8 tensors, how many
+rows sit on the scale floor (1/31, 1/127; see pgolf.quant). To attribute compressed bytes,
 each tensor's stored parts are compressed on their own with the artifact's
 compressor; the sum differs a little from the real payload, which is compressed
 as one stream. Then the header facts and the budget: file bytes + code bytes
@@ -12,6 +13,7 @@ against 16,000,000.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import zlib
 from pathlib import Path
@@ -22,12 +24,60 @@ from pgolf.errors import PgolfError, printable
 CATEGORIES = ("attention", "mlp", "embedding", "bigram", "control")
 
 
+def category_of(name: str) -> str:
+    """Which part of the model a parameter belongs to, for size reports."""
+    if fnmatch.fnmatchcase(name, "blocks.*.attn.*.weight"):
+        return "attention"
+    if fnmatch.fnmatchcase(name, "blocks.*.mlp.*.weight"):
+        return "mlp"
+    if name.startswith("tok_emb."):
+        return "embedding"
+    if name.startswith("bigram."):
+        return "bigram"
+    return "control"
+
+
+FLOOR_MAX_VALUES = {"int6": 31, "int8": 127}  # the floor is 1 / this (pgolf.quant)
+
+
+def floor_rows(entry) -> int:
+    """How many rows sit on the floor grid: stored scale == fp16(1/31) (int6) or fp16(1/127) (int8).
+    (A floor-free row whose bound happens to be exactly 1 counts too; that is rare.)"""
+    import torch
+
+    from pgolf.quant import SCALE_DTYPE
+
+    if entry.method not in FLOOR_MAX_VALUES:
+        return 0
+    floor_scale = torch.tensor(1.0 / FLOOR_MAX_VALUES[entry.method]).to(SCALE_DTYPE)
+    return int((entry.parts["scale"] == floor_scale).sum())
+
+
+def tensor_summary(name: str, entry) -> dict:
+    """One JSON-able row for `pgolf inspect`: what is stored and how big it is before compression."""
+    scale = entry.parts.get("scale")
+    return {
+        "name": name,
+        "category": category_of(name),
+        "method": entry.method,
+        "shape": list(entry.shape),
+        "dtype": str(entry.dtype).removeprefix("torch."),
+        "elements": entry.num_elements,
+        "stored_bytes": entry.stored_bytes,
+        "rows": 0 if scale is None else scale.numel(),
+        "floor_rows": floor_rows(entry),
+    }
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("inspect", help="show where the bytes of a .pgolf artifact go",
                                    description="Per-tensor and per-category sizes of a .pgolf artifact, "
                                                "its header and the size budget.")
     parser.add_argument("artifact", help="a .pgolf file")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--compare-compressors", action="store_true",
+                        help="also compress the same payload with every compressor of pgolf.compressors "
+                             "(zpaq and pergroup are slow: tens of kB/s to a few MB/s)")
     parser.set_defaults(func=run)
 
 
@@ -35,14 +85,23 @@ def _bits_per_parameter(compressed_bytes: int, elements: int) -> float:
     return 8.0 * compressed_bytes / elements if elements else 0.0
 
 
-def inspect_artifact(path: Path) -> dict[str, Any]:
+def compressor_bytes(contents) -> dict[str, int]:
+    """Payload bytes of the same stored tensors under every compressor (default levels)."""
+    from pgolf.artifact import build_payload
+    from pgolf.compressors import COMPRESSORS, compress
+
+    raw, table = build_payload(contents.quantized)
+    return {name: len(compress(raw, name, compressor.default_level, table))
+            for name, compressor in COMPRESSORS.items()}
+
+
+def inspect_artifact(path: Path, compare_compressors: bool = False) -> dict[str, Any]:
     """The whole report as a JSON-able dict (also what `--json` prints)."""
     from pgolf.artifact import compress, read_artifact, tensor_bytes
     from pgolf.challenge import BUDGET_BYTES
     from pgolf.errors import PgolfError
     from pgolf.packaging.export import artifact_code_bytes
     from pgolf.packaging.size import size_report
-    from pgolf.quant import tensor_summary
 
     contents = read_artifact(path)
     header = contents.header
@@ -99,7 +158,10 @@ def inspect_artifact(path: Path) -> dict[str, Any]:
     facts = {key: header.get(key) for key in ("format_version", "pgolf_version", "scheme", "compressor", "level",
                                               "tokenizer_sha256", "vocab_size", "model_config")}
     facts["payload_sha256"] = header["payload"]["sha256"]
-    return {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
+    report = {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
+    if compare_compressors:
+        report["compressors"] = compressor_bytes(contents)
+    return report
 
 
 def _table(rows: list[list[str]], right_aligned: set[int]) -> str:
@@ -114,11 +176,13 @@ def _table(rows: list[list[str]], right_aligned: set[int]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     header, totals = report["header"], report["totals"]
-    tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param"]]
+    tensor_rows = [["tensor", "category", "method", "elements", "stored", "compressed", "bits/param",
+                    "floor rows"]]
     for row in report["tensors"]:
+        floor = f"{row['floor_rows']:,}/{row['rows']:,}" if row["rows"] else "-"
         tensor_rows.append([printable(row["name"]), row["category"], row["method"], f"{row['elements']:,}",
                             f"{row['stored_bytes']:,}", f"{row['compressed_bytes']:,}",
-                            f"{row['bits_per_parameter']:.3f}"])
+                            f"{row['bits_per_parameter']:.3f}", floor])
     category_rows = [["category", "tensors", "methods", "elements", "stored", "compressed", "bits/param"]]
     for name, row in report["categories"].items():
         category_rows.append([name, str(row["tensors"]), ",".join(row["methods"]) or "-", f"{row['elements']:,}",
@@ -137,7 +201,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"payload_sha256: {header['payload_sha256']}",
         "model_config: " + json.dumps(header["model_config"], sort_keys=True),
         "",
-        _table(tensor_rows, right_aligned={3, 4, 5, 6}),
+        _table(tensor_rows, right_aligned={3, 4, 5, 6, 7}),
         "",
         _table(category_rows, right_aligned={1, 3, 4, 5, 6}),
         "",
@@ -150,10 +214,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"bytes_total: {number(totals['bytes_total'])}  budget: {totals['bytes_budget']:,}  "
         f"headroom: {number(totals['bytes_headroom'])}  fits: {totals['fits']}",
     ]
+    if "compressors" in report:
+        lines.append("payload bytes by compressor: " + "  ".join(
+            f"{name} {size:,}" for name, size in sorted(report["compressors"].items(), key=lambda item: item[1])))
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect_artifact(Path(args.artifact))
+    report = inspect_artifact(Path(args.artifact), args.compare_compressors)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -15,7 +15,9 @@ source of truth; `export_script` writes a *bundle*:
 
 The config's `code_packing` decides the form: "plain" is the readable
 bundle; "lzma" strips docstrings and comments (via `ast.unparse`) and wraps
-the result in an LZMA + base85 self-extractor. Either way the counted code
+the result in an LZMA + base85 self-extractor; "minify-brotli" minifies with
+python-minifier and wraps a brotli + base85 self-extractor (the frontier
+records' form; the run then needs brotli). Either way the counted code
 size is the size of the file written, which the script itself reports
 (`run_training(code_path=...)`), and which `exported_code_bytes` gives
 `pgolf train` for the same config. `requirements.txt` beside it names the
@@ -37,6 +39,7 @@ from pgolf.challenge import SCRIPT_NAME
 from pgolf.config import PRESETS, RunConfig, apply_overrides, get_preset, run_config_from_dict, run_config_to_dict
 from pgolf.errors import PgolfError
 from pgolf.packaging.bundle import PACKAGE_ROOT, bundled_modules, module_file, requirement_lines, third_party_imports
+from pgolf.packaging.packcode import minify_source, pack_source
 
 # ---------------------------------------------------------------- compaction
 
@@ -169,9 +172,15 @@ def build_script(config: RunConfig) -> tuple[str, list[str]]:
     requirements = requirement_lines(third_party_imports(sources.values()))
     if config.code_packing == "plain":
         return render_script(config, modules, sources, requirements), requirements
-    stripped = {module: strip_source(source) for module, source in sources.items()}
-    inner = strip_source(render_script(config, modules, stripped, requirements))
-    return self_extracting(inner), requirements
+    if config.code_packing == "lzma":
+        stripped = {module: strip_source(source) for module, source in sources.items()}
+        inner = strip_source(render_script(config, modules, stripped, requirements))
+        return self_extracting(inner), requirements
+    # "minify-brotli", the frontier records' form (frontier.md §5): every module minified, the bundle
+    # minified again, brotli-11, base85; the stub imports brotli, so the run needs it too
+    requirements = sorted({*requirements, *requirement_lines(["brotli"])}, key=str.lower)
+    minified = {module: minify_source(source) for module, source in sources.items()}
+    return pack_source(render_script(config, modules, minified, requirements), "brotli"), requirements
 
 
 def exported_code_bytes(config: RunConfig) -> int:
