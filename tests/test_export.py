@@ -32,7 +32,7 @@ REFERENCE_CODE_BYTES = 66_133  # the PR-198 sibling run's train_gpt.py (spec §5
 TINY_SETTINGS = [
     "vocab_size=384", "iterations=3", "log_every=1", "val_every=0", "autocast_dtype=fp32", "compile=off",
     "warmup_steps=0", "train_seq_len=64", "global_batch_tokens=512", "micro_batch_tokens=256",
-    "eval_seq_len=64", "eval_stride=32", "eval_batch_seqs=8", "swa_every=1", "seed=7",
+    "eval_seq_len=64", "eval_stride=32", "eval_batch_seqs=8", "swa_every=1", "seed=7", "embedding_dtype=fp32",
 ]
 
 
@@ -83,9 +83,9 @@ def packing(compact: bool) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compact", [False, True])
-def test_exported_script_serves_pgolf_only_from_itself(tmp_path, compact):
-    script = export_script("tiny", tmp_path, overrides=packing(compact))
+@pytest.mark.parametrize("code_packing", ["plain", "lzma", "minify-brotli"])
+def test_exported_script_serves_pgolf_only_from_itself(tmp_path, code_packing):
+    script = export_script("tiny", tmp_path, overrides=[f"code_packing={code_packing}"])
     probe = textwrap.dedent(f"""
         import json, runpy, sys
         runpy.run_path({str(script)!r}, run_name="bundle")

@@ -24,7 +24,7 @@ TEST_SETTINGS = [
     "bigram_dim=16", "rope_reference_len=32", "train_seq_len=32", "global_batch_tokens=256",
     "micro_batch_tokens=256", "eval_seq_len=32", "eval_stride=8", "eval_batch_seqs=8", "val_max_tokens=512",
     "autocast_dtype=fp32", "compile=off", "warmup_steps=2", "log_every=1", "swa_every=2", "warmdown_steps=4",
-    "muon_momentum_warmup_steps=4",
+    "muon_momentum_warmup_steps=4", "embedding_dtype=fp32",
 ]
 
 
@@ -79,8 +79,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_d
     real_step = train_module.train_step
     calls = {"count": 0}
 
-    def failing_step(trainer):
-        loss = real_step(trainer)
+    def failing_step(trainer, seq_len=None):
+        loss = real_step(trainer, seq_len)
         calls["count"] += 1
         return loss * float("nan") if trainer.state.step >= 4 else loss
 
@@ -225,9 +225,9 @@ def test_the_clock_counts_the_whole_loop_but_validation(tiny_dataset_dir, tmp_pa
     real_step, real_validate = train_module.train_step, train_module.validate
     log_lines = []
 
-    def step(trainer):
+    def step(trainer, seq_len=None):
         now[0] += 1.0
-        return real_step(trainer)
+        return real_step(trainer, seq_len)
 
     def validate(trainer, data):
         now[0] += 100.0
@@ -263,3 +263,29 @@ def test_reported_numbers_follow_the_reference(tiny_dataset_dir, tmp_path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"averaged_snapshots:{result['swa_checkpoints']}" in log
     assert "stage:prequant_plain" in log and "stage:averaged_plain" in log
+
+
+@pytest.mark.slow
+def test_frontier_tiny_two_gloo_processes_match_one_process_looping_switched_on_mid_run(tiny_dataset_dir, tmp_path):
+    """Depth recurrence switches on at step 4 of 8; the local-clip path (each rank clips, then the ranks
+    average) runs with a bound that does not bind, so one process accumulating two micro-batches and
+    two processes of one each must agree."""
+    from test_golden import FRONTIER_SETTINGS
+
+    settings = FRONTIER_SETTINGS + [f"data_dir={tiny_dataset_dir}", "grad_clip_norm=1e9", "warmup_steps=0"]
+    args = ["train", "--preset", "frontier-tiny", "--quiet"] + [item for s in settings for item in ("--set", s)]
+    assert main(args + ["--out", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    completed = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pgolf"] + args
+                               + ["--out", str(tmp_path / "pair")], env=env, capture_output=True, text=True,
+                               timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single, pair = read_losses(tmp_path / "single"), read_losses(tmp_path / "pair")
+    assert sorted(single) == sorted(pair) == list(range(1, 9))
+    assert single[5] > single[4]  # the looped order starts at step 5: the loss jumps
+    for step in single:
+        assert pair[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6)
+    single_result = json.loads((tmp_path / "single" / "result.json").read_text())
+    pair_result = json.loads((tmp_path / "pair" / "result.json").read_text())
+    assert pair_result["val_bpb"] == pytest.approx(single_result["val_bpb"], rel=1e-4)

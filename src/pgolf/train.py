@@ -8,7 +8,11 @@ back into it.
 
 The clock (spec pr198 §4): the whole loop counts towards `max_wallclock_seconds`
 (steps, weight-average snapshots, the stop check, logging), except validation
-passes and checkpoint writes.
+passes and checkpoint writes; the run stops `train_reserve_seconds` before the cap.
+
+Per step, the schedule decides (pure functions of step and training time, `pgolf.schedule`): the
+learning-rate multiplier, Muon's momentum, whether the looped layer order runs (frontier depth
+recurrence) and the training context length (progressive context, with its LR ramp).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pgolf import build, checkpoint, finish
-from pgolf.averaging import WeightAverager
+from pgolf.averaging import build_weight_averager
 from pgolf.config import RunConfig, run_config_to_dict, run_config_to_json
+from pgolf.data.packing import PackedRowStream, packed_rank_batch
 from pgolf.data.stream import TokenStream, rank_batch
 from pgolf.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from pgolf.errors import PgolfError
@@ -36,7 +41,7 @@ from pgolf.packaging.size import predict_model_bytes
 from pgolf.quant import get_scheme
 from pgolf.runlog import RunLog, config_sha256, write_json_atomic
 from pgolf.runtime import autocast_context, autocast_dtype
-from pgolf.schedule import lr_multiplier, muon_momentum
+from pgolf.schedule import ProgressiveContext, looping_active, lr_multiplier, muon_momentum, training_fraction
 from pgolf.scoring import score
 
 
@@ -60,56 +65,88 @@ class Trainer:
     base_model: GPT
     model: torch.nn.Module  # compiled and/or DDP-wrapped view of base_model
     optimizers: list
-    stream: TokenStream
-    averager: WeightAverager
+    stream: TokenStream  # a PackedRowStream with `packed_rows`
+    averager: object  # averaging.WeightAverager (SWA) or ExponentialAverager (EMA): one interface
     autocast: Callable[[], contextlib.AbstractContextManager]
     grad_accum_steps: int
+    progressive: ProgressiveContext
     state: TrainState = field(default_factory=TrainState)
 
 
 def build_trainer(config: RunConfig, dist: DistInfo, train_files: list[Path]) -> Trainer:
     """Model (seeded), optimisers, token stream and weight averager for this config."""
     base_model, model = build.build_model(config, dist)
+    stream = (PackedRowStream(train_files, config.model.bos_id) if config.packed_rows
+              else TokenStream(train_files, vocab_size=config.model.vocab_size))
     return Trainer(
         config=config, dist=dist, base_model=base_model, model=model,
         optimizers=build_optimizers(base_model, config, dist),
-        stream=TokenStream(train_files, vocab_size=config.model.vocab_size),
-        averager=WeightAverager(config),
+        stream=stream,
+        averager=build_weight_averager(config),
         autocast=autocast_context(autocast_dtype(config.autocast_dtype), dist.device),
         grad_accum_steps=config.grad_accum_steps(dist.world_size),
+        progressive=ProgressiveContext(config),
     )
 
 
 # ---------------------------------------------------------------- one step
 
 
-def train_step(trainer: Trainer) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":  # page-locked, so the copy really runs asynchronously
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def train_step(trainer: Trainer, seq_len: int | None = None) -> torch.Tensor:
     """Forward/backward over the accumulation micro-steps, clip, optimiser step. Returns the mean loss
-    (a 0-dim tensor on the device, not synchronised)."""
+    (a 0-dim tensor on the device, not synchronised). `seq_len`: the training context (default the
+    config's; progressive context changes it): plain rows of that length, or with `packed_rows` one
+    document-packed row per rank, documents cut into pieces of at most that length."""
     config, dist = trainer.config, trainer.dist
+    seq_len = seq_len or config.train_seq_len
+    # frontier §4: each rank clips its own gradient, then the ranks average (no averaging in backward)
+    clip_locally = config.grad_clip_local and dist.is_distributed
     total_loss = torch.zeros((), device=dist.device, dtype=torch.float32)
     for micro_step in range(trainer.grad_accum_steps):
-        inputs, targets = rank_batch(trainer.stream, config.micro_batch_tokens * dist.world_size,
-                                     config.train_seq_len, dist.rank, dist.world_size)
-        if dist.device.type == "cuda":  # page-locked, so the copies below really run asynchronously
-            inputs, targets = inputs.pin_memory(), targets.pin_memory()
-        inputs = inputs.to(dist.device, non_blocking=True)
-        targets = targets.to(dist.device, non_blocking=True)
+        extra = {}
+        if config.packed_rows:
+            inputs, targets, cu_seqlens = packed_rank_batch(trainer.stream, config.micro_batch_tokens, dist.rank,
+                                                            dist.world_size, max_length=seq_len)
+            extra = {"cu_seqlens": to_device(cu_seqlens, dist.device), "max_seqlen": seq_len}
+        else:
+            inputs, targets = rank_batch(trainer.stream, config.micro_batch_tokens * dist.world_size, seq_len,
+                                         dist.rank, dist.world_size)
+        inputs, targets = to_device(inputs, dist.device), to_device(targets, dist.device)
         is_last = micro_step == trainer.grad_accum_steps - 1
-        sync = contextlib.nullcontext() if is_last or not isinstance(trainer.model, DistributedDataParallel) \
-            else trainer.model.no_sync()
+        sync = contextlib.nullcontext() if (is_last and not clip_locally) or not isinstance(
+            trainer.model, DistributedDataParallel) else trainer.model.no_sync()
         with sync:
             with trainer.autocast():
-                loss = trainer.model(inputs, targets)
+                loss = trainer.model(inputs, targets, **extra)
             (loss / trainer.grad_accum_steps).backward()
         total_loss += loss.detach().float()
-    if config.grad_clip_norm > 0:
+    if clip_locally:
+        torch.nn.utils.clip_grad_norm_(trainer.base_model.parameters(), config.grad_clip_norm)
+        average_gradients(trainer.base_model, dist)
+    elif config.grad_clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(trainer.base_model.parameters(), config.grad_clip_norm)
     for optimizer in trainer.optimizers:
         optimizer.step()
     for optimizer in trainer.optimizers:
         optimizer.zero_grad(set_to_none=True)
     return total_loss / trainer.grad_accum_steps
+
+
+def average_gradients(model: torch.nn.Module, dist: DistInfo) -> None:
+    """Every rank's gradients replaced by their mean over ranks (what DDP does in backward otherwise)."""
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([gradient.reshape(-1).float() for gradient in gradients])
+    all_reduce_sum(flat, dist).div_(dist.world_size)
+    offset = 0
+    for gradient in gradients:
+        gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
+        offset += gradient.numel()
 
 
 def mean_over_ranks(value: torch.Tensor, dist: DistInfo) -> float:
@@ -128,14 +165,24 @@ def run_compile_warmup(trainer: Trainer) -> None:
     model_state = copy.deepcopy(trainer.base_model.state_dict())
     optimizer_states = [copy.deepcopy(optimizer.state_dict()) for optimizer in trainer.optimizers]
     stream_state = trainer.stream.state()
-    for _ in range(trainer.config.warmup_steps):
-        train_step(trainer)
+    looping_before = trainer.base_model.looping
+    for index in range(trainer.config.warmup_steps):
+        # with depth recurrence, the first half compiles the plain layer order and the second the looped one
+        trainer.base_model.looping = bool(trainer.config.model.loop_layers) and 2 * index >= trainer.config.warmup_steps
+        for seq_len in warmup_lengths(trainer.config) if index == 0 else [None]:
+            train_step(trainer, seq_len)
+    trainer.base_model.looping = looping_before
     trainer.base_model.load_state_dict(model_state)
     for optimizer, state in zip(trainer.optimizers, optimizer_states):
         optimizer.load_state_dict(state)
     trainer.stream.load_state(stream_state)
     if trainer.dist.device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def warmup_lengths(config: RunConfig) -> list[int | None]:
+    """The training context lengths the run will see, so the warm-up compiles each (progressive context)."""
+    return list(config.progressive_seq_lens) if config.progressive_seq_lens else [None]
 
 
 def save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
@@ -146,6 +193,7 @@ def save_checkpoint(trainer: Trainer, run_dir: Path) -> None:
             "model": trainer.base_model.state_dict(),
             "averager": trainer.averager.state_dict(),
             "stream": trainer.stream.state(),
+            "progressive": trainer.progressive.state(),
             "rng": checkpoint.rng_state(),
             "step": trainer.state.step,
             "train_seconds": trainer.state.train_seconds,
@@ -170,6 +218,7 @@ def restore_checkpoint(trainer: Trainer, run_dir: Path) -> None:
         optimizer.load_state_dict(state)
     trainer.averager.load_state_dict(shared["averager"])
     trainer.stream.load_state(shared["stream"])
+    trainer.progressive.load_state(shared["progressive"])
     checkpoint.set_rng_state(shared["rng"])
     trainer.state = TrainState(step=shared["step"], train_seconds=shared["train_seconds"],
                                train_tokens=shared["train_tokens"])
@@ -179,8 +228,8 @@ def restore_checkpoint(trainer: Trainer, run_dir: Path) -> None:
 
 
 def should_stop_for_time(config: RunConfig, elapsed_seconds: float, dist: DistInfo) -> bool:
-    cap = config.max_wallclock_seconds
-    if cap <= 0:
+    cap = config.max_wallclock_seconds - config.train_reserve_seconds  # the reserve: post-training work
+    if config.max_wallclock_seconds <= 0:
         return False
     reached = torch.tensor(float(elapsed_seconds >= cap), device=dist.device)
     # every rank must agree, or one would wait forever in the next all-reduce
@@ -204,10 +253,13 @@ def train_loop(trainer: Trainer, data: build.RunData, run_dir: Path | None, log:
     while state.step < config.iterations and not stop_for_time:
         synchronize()
         started = time.perf_counter()  # the clock runs from here to the end of the logging below
-        multiplier = lr_multiplier(state.step, state.train_seconds, config)
+        fraction = training_fraction(state.step, state.train_seconds, config)
+        trainer.base_model.looping = looping_active(fraction, config)
+        seq_len, ramp = trainer.progressive.at(state.step, fraction)
+        multiplier = lr_multiplier(state.step, state.train_seconds, config) * ramp
         set_learning_rate(trainer.optimizers, multiplier)
         set_muon_momentum(trainer.optimizers, muon_momentum(state.step, config))
-        loss = train_step(trainer)
+        loss = train_step(trainer, seq_len)
         state.step += 1
         state.train_tokens += config.global_batch_tokens
         trainer.averager.maybe_add(trainer.base_model, state.step, multiplier)
@@ -306,6 +358,7 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
             if warning:
                 log.line(warning)
         run_compile_warmup(trainer)
+        trainer.averager.begin(trainer.base_model)  # EMA starts from the true initialisation (SWA: nothing)
 
     # loop
     progress = training_progress(config, trainer.state, dist, quiet)
@@ -320,6 +373,7 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
 
     # finish: score the live weights, average, quantise, write, read back, score what we ship
     state = trainer.state
+    trainer.base_model.looping = bool(config.model.loop_layers)  # evaluation always runs the looped order
     result = finish.finish_run(
         finish.FinishInputs(config=config, dist=dist, base_model=trainer.base_model,
                             eval_model=build.evaluation_model(trainer.model), averager=trainer.averager,

@@ -111,7 +111,7 @@ if __name__ == "__main__":
 
 def _literal(text: str) -> str:
     """A Python literal for `text`: a raw triple-quoted string where that is exact, else repr()."""
-    if "'''" not in text and not text.endswith("\\") and "\r" not in text:
+    if "'''" not in text and not text.endswith(("\\", "'")) and "\r" not in text:
         return "r'''" + text + "'''"
     return repr(text)
 
