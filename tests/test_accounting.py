@@ -77,3 +77,13 @@ def test_pr198_layout_and_prediction_scale():
     # Calibrated on the reference run (15,468,512 model bytes): the recipe must be predicted to fit.
     assert abs(predicted - 15_468_512) / 15_468_512 < 0.01
     assert predicted + exported_code_bytes(pr198()) < BUDGET_BYTES
+
+
+def test_the_frontier_artifact_is_predicted_to_fit():
+    """#1855's artifact (frontier.md §5): 15,865,260 model bytes; its per-group SDClip ratio is
+    derived from that run, so the prediction must land within 1% and fit with the packed code."""
+    from pgolf.config import frontier
+
+    predicted = predict_model_bytes(frontier().model, "frontier")
+    assert abs(predicted - 15_865_260) / 15_865_260 < 0.01
+    assert predicted + exported_code_bytes(frontier()) < BUDGET_BYTES

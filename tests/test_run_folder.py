@@ -101,7 +101,7 @@ def test_a_foreign_tokenizer_is_refused_unless_allowed(tiny_dataset_dir, tmp_pat
 def test_what_the_end_of_a_run_needs_is_checked_before_training(tiny_dataset_dir, tmp_path, monkeypatch):
     config = small_config(tiny_dataset_dir, "iterations=2")
     assert build.preflight_problems(config, tmp_path / "run", bytes_needed=1) == []
-    monkeypatch.setitem(build.COMPRESSOR_PACKAGES, "zstd", "no_such_compressor_package")
+    monkeypatch.setitem(build.COMPRESSOR_PACKAGES, "zstd", ("no_such_compressor_package",))
     problems = build.preflight_problems(config, tmp_path / "run", bytes_needed=1)
     assert len(problems) == 1 and "no_such_compressor_package" in problems[0]
     monkeypatch.undo()
@@ -110,7 +110,7 @@ def test_what_the_end_of_a_run_needs_is_checked_before_training(tiny_dataset_dir
     assert "bytes free" in build.preflight_problems(config, tmp_path / "run", bytes_needed=2**62)[0]
 
     stepped = []
-    monkeypatch.setattr(build, "COMPRESSOR_PACKAGES", {"zstd": "no_such_compressor_package"})
+    monkeypatch.setattr(build, "COMPRESSOR_PACKAGES", {"zstd": ("no_such_compressor_package",)})
     import pgolf.train as train_module
 
     monkeypatch.setattr(train_module, "run_compile_warmup", lambda trainer: stepped.append(1))

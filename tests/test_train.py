@@ -289,3 +289,26 @@ def test_frontier_tiny_two_gloo_processes_match_one_process_looping_switched_on_
     single_result = json.loads((tmp_path / "single" / "result.json").read_text())
     pair_result = json.loads((tmp_path / "pair" / "result.json").read_text())
     assert pair_result["val_bpb"] == pytest.approx(single_result["val_bpb"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_calibrated_scheme_runs_gptq_on_train_data_at_the_finish(tiny_dataset_dir, tmp_path):
+    """frontier-tiny's artifact scheme ("frontier": GPTQ + SDClip + LQER, per-group layout) at a width
+    where the MLP matrices are quantised: Hessians from train windows after training, int6 rows with
+    LQER corrections in the file, and the run scores the file it wrote."""
+    from test_golden import FRONTIER_SETTINGS
+
+    from pgolf.artifact import read_artifact
+    from pgolf.config import get_preset
+
+    settings = [s for s in FRONTIER_SETTINGS if not s.startswith("model_dim=")] + [
+        "model_dim=160", "iterations=3", "warmup_steps=0", f"data_dir={tiny_dataset_dir}",
+        "calibration_batches=2", "calibration_batch_seqs=4"]
+    config = apply_overrides(get_preset("frontier-tiny"), settings)
+    assert config.quant_scheme == "frontier"
+    result = run_training(config, tmp_path / "run", quiet=True)
+    methods = {row[0]: row[1] for row in read_artifact(tmp_path / "run" / "model.pgolf").header["tensors"]}
+    assert methods["blocks.0.mlp.fc.weight"].startswith("int6")
+    assert sum("+lqer" in method for method in methods.values()) >= 1
+    assert "calibration_tokens:" in (tmp_path / "run" / "train.log").read_text()
+    assert math.isfinite(result["val_bpb"]) and result["val_bpb"] < 1.1 * result["val_bpb_averaged"]

@@ -25,7 +25,7 @@ from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
 from pgolf.machine import describe_machine
 from pgolf.model import GPT, num_parameters
-from pgolf.quant import get_scheme
+from pgolf.calibrated import get_any_scheme
 from pgolf.runtime import autocast_dtype, compiled, should_compile
 from pgolf.scoring import ValData, dataset_tokenizer, load_val_data
 
@@ -132,7 +132,10 @@ def cpu_memory_warning(config: RunConfig, device: torch.device) -> str | None:
             f"(pr198 held 9.4 GiB at 32,768){hint}")
 
 
-COMPRESSOR_PACKAGES = {"zstd": "zstandard", "zlib": "zlib"}
+# the packages a compressor imports when the artifact is written (pergroup: brotli for its remainder;
+# its ZPAQ streams fall back to lzma without the optional zpaq package)
+COMPRESSOR_PACKAGES = {"zstd": ("zstandard",), "zlib": ("zlib",), "lzma": ("lzma",), "brotli": ("brotli",),
+                       "zpaq": ("zpaq",), "pergroup": ("brotli",)}
 
 
 def preflight_problems(config: RunConfig, run_dir: Path | None, bytes_needed: int) -> list[str]:
@@ -140,11 +143,11 @@ def preflight_problems(config: RunConfig, run_dir: Path | None, bytes_needed: in
     compressor of the quantisation scheme, write access to the run folder, and free disk for the
     artifact (and checkpoints). Empty when all is well."""
     problems = []
-    compressor = get_scheme(config.quant_scheme).compressor
-    package = COMPRESSOR_PACKAGES.get(compressor, compressor)
-    if importlib.util.find_spec(package) is None:
-        problems.append(f"scheme {config.quant_scheme!r} compresses with {compressor}, but the package {package!r} "
-                        f"is not installed (pip install {package})")
+    compressor = get_any_scheme(config.quant_scheme).compressor
+    for package in COMPRESSOR_PACKAGES.get(compressor, (compressor,)):
+        if importlib.util.find_spec(package) is None:
+            problems.append(f"scheme {config.quant_scheme!r} compresses with {compressor}, but the package "
+                            f"{package!r} is not installed (pip install {package})")
     if run_dir is not None:
         probe = Path(run_dir) / ".pgolf-write-test"
         try:

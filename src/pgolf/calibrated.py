@@ -284,6 +284,10 @@ CALIBRATED_SCHEMES: dict[str, CalibratedScheme] = {
                          lqer_rank=4, lqer_top=3),
         CalibratedScheme("gptq-sdclip-lqer-awq", frontier_rules(gptq=True, clip="std"), compressor="zstd",
                          level=22, lqer_rank=4, lqer_top=3, awq_columns=64),
+        # the #1855 artifact (frontier.md §5): GPTQ + SDClip, int7 embedding, LQER rank 4 on the top 3,
+        # the per-group layout (ZPAQ streams with the zpaq extra, else lzma)
+        CalibratedScheme("frontier", frontier_rules(gptq=True, clip="std"), compressor="pergroup", level=4,
+                         lqer_rank=4, lqer_top=3),
     )
 }
 

@@ -230,6 +230,8 @@ class RunConfig:
     swa_start_lr_mult: float = 0.5
     # artifact
     quant_scheme: str = "pr198"  # name in pgolf.quant.SCHEMES
+    calibration_batches: int = 16  # GPTQ Hessians: batches of random train windows after training (per rank)
+    calibration_batch_seqs: int = 48  # windows of train_seq_len per calibration batch
     code_packing: str = "lzma"  # the exported train_gpt.py (counted code): "lzma", "minify-brotli" or "plain"
     # evaluation
     eval_seq_len: int = 2048
@@ -365,6 +367,8 @@ def tiny() -> RunConfig:
         val_every=100,
         val_max_tokens=65_536,
         log_every=10,
+        calibration_batches=4,
+        calibration_batch_seqs=16,
     )
 
 
@@ -382,8 +386,8 @@ def frontier_model() -> ModelConfig:
 def frontier() -> RunConfig:
     """The #1855 run (val_bpb 1.06108), spec frontier.md §3-§4 with the logged run values of §8.
 
-    Not here yet: CaseOps data and its byte sidecar (another branch), the artifact scheme
-    (GPTQ + LQER + pergroup lrzip: quant_scheme stays pr198 until that branch lands), TTT.
+    Data: the CaseOps SP8192 export (`pgolf data fetch --variant sp8192-caseops`), scored on its byte
+    sidecar. Not here yet: score-first TTT (the eval procedure).
     """
     return RunConfig(
         model=frontier_model(),
@@ -420,6 +424,9 @@ def frontier() -> RunConfig:
         eval_batch_seqs=32,
         val_every=0,  # mid-run validation: never
         code_packing="minify-brotli",  # python-minifier + brotli-11 + base85 (frontier.md §5)
+        quant_scheme="frontier",  # GPTQ + SDClip, int7 embedding, LQER, per-group layout (frontier.md §5)
+        calibration_batches=16,
+        calibration_batch_seqs=48,
     )
 
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pgolf.artifact import load_artifact, save_artifact
+from pgolf.artifact import load_artifact, write_artifact
 from pgolf.averaging import WeightAverager
+from pgolf.calibrated import get_any_scheme, quantize_calibrated
 from pgolf.challenge import ARTIFACT_NAME, BUDGET_BYTES
 from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo, barrier
+from pgolf.hessians import calibration_batches, collect_hessians
 from pgolf.machine import describe_machine
 from pgolf.model import GPT
 from pgolf.runlog import RunLog, config_sha256, write_json_atomic
@@ -43,12 +46,13 @@ class FinishInputs:
     dist: DistInfo
     base_model: GPT
     eval_model: torch.nn.Module  # the compiled view of base_model when there is one
-    averager: WeightAverager
+    averager: WeightAverager  # or averaging.ExponentialAverager: the same interface
     val: ValData
     steps: int
     train_seconds: float
     train_tokens: int
     bytes_code: int
+    train_files: list[Path]  # calibration (GPTQ Hessians) reads train shards only
     tokenizer_is_the_datasets: bool = True
 
 
@@ -71,10 +75,13 @@ def finish_run(run: FinishInputs, run_dir: Path | None, log: RunLog, quiet: bool
 
     artifact_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="pgolf-"))
     artifact_path = artifact_dir / ARTIFACT_NAME
+    calibration = calibrate(run, log)  # every rank: each quantises with its own Hessians; rank 0's file is kept
     if dist.is_main:
         state_dict = {name: tensor.detach().cpu() for name, tensor in run.base_model.state_dict().items()}
-        save_artifact(artifact_path, config.model, state_dict, config.quant_scheme, run.val.tokenizer_sha256,
-                      config.model.vocab_size)
+        scheme = get_any_scheme(config.quant_scheme)
+        write_artifact(artifact_path, config.model, quantize_calibrated(state_dict, scheme, calibration),
+                       run.val.tokenizer_sha256, config.model.vocab_size, compressor=scheme.compressor,
+                       level=scheme.level)
         if run_dir is not None:
             keep_full_weights(Path(run_dir) / FULL_WEIGHTS_NAME, state_dict, log)
     barrier(dist)
@@ -133,6 +140,23 @@ def finish_run(run: FinishInputs, run_dir: Path | None, log: RunLog, quiet: bool
         write_curves(Path(run_dir), log)
         write_json_atomic(Path(run_dir) / "result.json", result)  # last: marks the run finished
     return result
+
+
+def calibrate(run: FinishInputs, log: RunLog):
+    """GPTQ / AWQ statistics of the averaged model on random windows of this rank's TRAIN shards (never
+    val), looped layers accumulating every pass (frontier.md §5); None when the scheme needs none."""
+    scheme = get_any_scheme(run.config.quant_scheme)
+    if not getattr(scheme, "needs_calibration", False):
+        return None
+    config, dist = run.config, run.dist
+    started = time.perf_counter()
+    files = run.train_files[dist.rank::dist.world_size] or run.train_files  # the rank's own shards
+    batches = calibration_batches(files, config.calibration_batches, config.calibration_batch_seqs,
+                                  config.train_seq_len, seed=dist.rank)
+    calibration = collect_hessians(run.base_model, batches)
+    log.fields(calibration_batches=calibration.num_batches, calibration_tokens=calibration.num_tokens,
+               calibration_seconds=round(time.perf_counter() - started, 2))
+    return calibration
 
 
 def keep_full_weights(path: Path, state_dict: dict[str, torch.Tensor], log: RunLog) -> None:

@@ -10,15 +10,15 @@ statistic). Hooks (spec frontier.md §5):
 - for the tied embedding, the final-norm output (the tied head's input): the embedding is
   quantised as the output projection it also is.
 
-Which modules share an input is a small table (`SHARED_INPUTS`); the head's input is computed
-from the last block's output by `head_input` (pgolf's GPT applies a weightless RMSNorm there).
+Which modules share an input is a small table (`SHARED_INPUTS`); the head's input is the output of
+the model's `final_norm` module (whatever layer order or residual lanes came before it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -52,20 +52,13 @@ class _Accumulator:
         self.rows += flat.shape[0]
 
 
-def final_norm(last_block_output: Tensor) -> Tensor:
-    """pgolf GPT's head input: weightless RMSNorm of the last block's output (B, T, C)."""
-    return torch.nn.functional.rms_norm(last_block_output.float(), (last_block_output.shape[-1],))
-
-
 def hooked_modules(model: nn.Module) -> dict[str, nn.Module]:
     """{module name: module} whose input H is collected (weight name = module name + '.weight')."""
     return {name: module for name, module in model.named_modules() if name.endswith(HOOKED_SUFFIXES)
             and isinstance(getattr(module, "weight", None), Tensor) and module.weight.ndim == 2}
 
 
-def collect_hessians(model: nn.Module, batches: Iterable[Tensor],
-                     head_input: Callable[[Tensor], Tensor] | None = final_norm,
-                     last_block: nn.Module | None = None) -> Calibration:
+def collect_hessians(model: nn.Module, batches: Iterable[Tensor]) -> Calibration:
     """Run `model(inputs)` on every batch (B, T) under no_grad and collect the Hessians."""
     accumulators: dict[str, _Accumulator] = {}
     handles = []
@@ -77,12 +70,9 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor],
 
     for name, module in hooked_modules(model).items():
         handles.append(module.register_forward_pre_hook(input_hook(name + ".weight")))
-    if head_input is not None:
-        block = last_block if last_block is not None else model.blocks[-1]
-
-        def head_hook(module, args, output):
-            accumulators.setdefault(EMBEDDING_NAME, _Accumulator()).add(head_input(output))
-        handles.append(block.register_forward_hook(head_hook))
+    def head_hook(module, args, output):
+        accumulators.setdefault(EMBEDDING_NAME, _Accumulator()).add(output)
+    handles.append(model.final_norm.register_forward_hook(head_hook))
 
     device = next(model.parameters()).device
     num_batches = num_tokens = 0

@@ -70,6 +70,14 @@ EMBEDDING_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LANE_RESIDUAL_INIT = 1.1  # r of the parallel lanes (spec frontier.md §3)
 
 
+class FinalNorm(nn.Module):
+    """The weightless RMSNorm before the tied head, as a module: its output is the head's input, which
+    GPTQ calibration reads (pgolf.hessians) whatever layer order or lanes came before. No parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x)
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm over the last dimension, no learned weight."""
     return F.rms_norm(x, (x.size(-1),))
@@ -367,6 +375,7 @@ class GPT(nn.Module):
             self.lane_residual = nn.Parameter(torch.full((config.num_layers, 2), LANE_RESIDUAL_INIT,
                                                          dtype=torch.float32))
         self.rotary = Rotary(config.head_dim, config.rope_base, config.rope_reference_len, config.rope_dims)
+        self.final_norm = FinalNorm()
         # Which layer order runs (ModelConfig.layer_order); a plain Python bool, so a compiled
         # model keeps one graph per value. On by default: evaluation and TTT run looped.
         self.looping = bool(config.loop_layers)
@@ -419,7 +428,7 @@ class GPT(nn.Module):
         if isinstance(self.smear, SmearGate):
             x = self.smear(x, sequence_starts)
         x = self._run_layers(x, cos, sin, document_ids, attention_extra)
-        x = rms_norm(x)
+        x = self.final_norm(x)
         logits = F.linear(x, self.tok_emb.weight.to(x.dtype)).float()  # (B, T, V)
         logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
         if target_ids is None:

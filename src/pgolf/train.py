@@ -38,7 +38,6 @@ from pgolf.errors import PgolfError
 from pgolf.model import GPT
 from pgolf.optim import build_optimizers, set_learning_rate, set_muon_momentum
 from pgolf.packaging.size import predict_model_bytes
-from pgolf.quant import get_scheme
 from pgolf.runlog import RunLog, config_sha256, write_json_atomic
 from pgolf.runtime import autocast_context, autocast_dtype
 from pgolf.schedule import ProgressiveContext, looping_active, lr_multiplier, muon_momentum, training_fraction
@@ -378,7 +377,7 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
         finish.FinishInputs(config=config, dist=dist, base_model=trainer.base_model,
                             eval_model=build.evaluation_model(trainer.model), averager=trainer.averager,
                             val=data.val, steps=state.step, train_seconds=state.train_seconds,
-                            train_tokens=state.train_tokens, bytes_code=bytes_code,
+                            train_tokens=state.train_tokens, bytes_code=bytes_code, train_files=data.train_files,
                             tokenizer_is_the_datasets=data.tokenizer_is_the_datasets),
         run_dir, log, quiet)
     log.close()
@@ -386,7 +385,7 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
 
 
 def predicted_artifact_bytes(config: RunConfig) -> int:
-    return predict_model_bytes(config.model, get_scheme(config.quant_scheme))
+    return predict_model_bytes(config.model, config.quant_scheme)
 
 
 def code_bytes(config: RunConfig, code_path: Path | None) -> int:

@@ -80,10 +80,10 @@ def dry_run(config: RunConfig) -> int:
     from pgolf.model_summary import parameter_breakdown
     from pgolf.packaging.export import exported_code_bytes
     from pgolf.packaging.size import predict_model_bytes
-    from pgolf.quant import get_scheme
+    from pgolf.calibrated import get_any_scheme
 
     # counted from shallow copies of the model (pgolf.layout): a million layers answers at once
-    scheme = get_scheme(config.quant_scheme)
+    scheme = get_any_scheme(config.quant_scheme)
     predicted = extrapolate_in_layers(config.model, lambda model: predict_model_bytes(model, scheme),
                                       relative_tolerance=0.01)
     print(run_config_to_json(config))
