@@ -27,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the model (auto: as `pgolf train` does; needed to reproduce its "
                              "bf16 score to the last digit)")
+    parser.add_argument("--procedure", choices=("sliding", "plain", "ttt"), default=None,
+                        help="how to score (default sliding, or the --config's eval_procedure): sliding windows, "
+                             "plain non-overlapping windows of --seq-len, or score-first LoRA TTT (ttt_* settings)")
+    parser.add_argument("--tilt", action="store_true", help="add the token n-gram tilt (tilt_* settings)")
+    parser.add_argument("--config", metavar="CONFIG_JSON",
+                        help="a run's config.json: its eval_procedure and ttt_*/tilt_* settings (default: pgolf's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="change a ttt_*/tilt_* setting, e.g. --set ttt_lr=0 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -43,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.stride < 1 or args.stride > args.seq_len:
         raise PgolfError(f"--stride must be between 1 and --seq-len ({args.seq_len}), got {args.stride}")
+    procedure_config = eval_settings(args)
     loaded = load_artifact(Path(args.artifact))
     tokenizer_path = dataset_tokenizer(args.data, args.tokenizer)
     check_artifact_tokenizer(loaded, tokenizer_path)
@@ -51,15 +60,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = model_from_artifact(loaded, dist.device, args.compile)
         started = time.perf_counter()
-        result = score(model, val, args.seq_len, args.stride, args.batch_seqs, dist,
-                       autocast_dtype("fp32" if args.fp32 else "bf16"), max_tokens=args.max_tokens, desc="eval",
-                       show_progress=not (args.quiet or args.json))
+        precision = autocast_dtype("fp32" if args.fp32 else "bf16")
+        procedure = None
+        if procedure_config is not None:
+            from pgolf.procedures import procedure_from_config
+
+            procedure = procedure_from_config(procedure_config, precision=precision)
+        result = score(model, val, args.seq_len, args.stride, args.batch_seqs, dist, precision,
+                       max_tokens=args.max_tokens, desc="eval", show_progress=not (args.quiet or args.json),
+                       procedure=procedure)
         wall = time.perf_counter() - started
     finally:
         cleanup_distributed()
     report_fields = {
         "artifact": str(args.artifact), "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
         "tokens_scored": result["val_tokens_scored"], "bytes_scored": result["val_bytes_scored"],
+        "procedure": "sliding" if procedure is None else procedure.name, "tilt": bool(args.tilt),
         "seq_len": args.seq_len, "stride": args.stride, "seconds": wall, "device": str(dist.device),
         "world_size": dist.world_size,
         # the official split, scored the same way, predicted from the reference's measured eval pace
@@ -73,3 +89,26 @@ def run(args: argparse.Namespace) -> int:
             for key, value in report_fields.items():
                 print(f"{key}:{value:.8f}" if isinstance(value, float) else f"{key}:{value}")
     return 0
+
+
+def eval_settings(args: argparse.Namespace):
+    """The RunConfig whose eval fields choose the procedure, or None for the plain/sliding default of
+    --seq-len/--stride (the command's behaviour without --procedure, --tilt, --config or --set)."""
+    if args.procedure is None and not (args.tilt or args.config or args.overrides):
+        return None
+    from dataclasses import replace
+
+    from pgolf.config import RunConfig, apply_overrides, run_config_from_dict
+
+    config = RunConfig()
+    if args.config:
+        try:
+            config = run_config_from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError) as error:
+            raise PgolfError(f"cannot read the run config {args.config}: {error}") from None
+    config = apply_overrides(config, args.overrides)
+    procedure = args.procedure or (config.eval_procedure if args.config else "sliding")
+    config = replace(config, eval_procedure=procedure, eval_seq_len=args.seq_len, eval_stride=args.stride,
+                     eval_batch_seqs=args.batch_seqs, eval_tilt=config.eval_tilt or args.tilt)
+    config.validate()
+    return config

@@ -1,0 +1,56 @@
+"""Which eval procedure scores a model: plain, sliding-window or score-first TTT, each with the optional
+n-gram tilt, built from a run config's fields (`eval_procedure`, `ttt_*`, `eval_tilt`, `tilt_*`).
+
+Every procedure yields `evaluate.Scored` events (and `evaluate.Updated` for the ones that adapt);
+`evaluate.run_procedure` sums them into the bpb, and `pgolf verify --eval-compliance` runs them
+to check the rules of a legal evaluation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pgolf.config import RunConfig
+from pgolf.errors import PgolfError
+from pgolf.evaluate import Procedure, SlidingProcedure
+from pgolf.runtime import autocast_dtype
+from pgolf.tilt import TiltSettings
+from pgolf.ttt import TTTProcedure, TTTSettings
+
+PROCEDURE_NAMES = ("sliding", "plain", "ttt")
+
+
+def ttt_settings(config: RunConfig, adapt: bool = True) -> TTTSettings:
+    targets = tuple(name.strip() for name in config.ttt_lora_targets.split(",") if name.strip())
+    return TTTSettings(
+        context_tokens=config.ttt_context_tokens, chunk_tokens=config.ttt_chunk_tokens,
+        batch_docs=config.ttt_batch_docs, lora_rank=config.ttt_lora_rank, lora_alpha=config.ttt_lora_alpha,
+        lora_targets=targets, lr=config.ttt_lr, beta1=config.ttt_beta1, beta2=config.ttt_beta2,
+        eps=config.ttt_eps, weight_decay=config.ttt_weight_decay, phase_boundaries=config.ttt_phase_boundaries,
+        global_lr=config.ttt_global_lr, global_momentum=config.ttt_global_momentum,
+        global_clip=config.ttt_global_clip, global_seq_len=config.ttt_global_seq_len,
+        global_batch_seqs=config.ttt_global_batch_seqs, seed=config.seed, adapt=adapt)
+
+
+def tilt_settings(config: RunConfig) -> TiltSettings | None:
+    if not config.eval_tilt:
+        return None
+    settings = TiltSettings(order=config.tilt_order, threshold=config.tilt_threshold, beta=config.tilt_beta)
+    settings.validate()
+    return settings
+
+
+def procedure_from_config(config: RunConfig, name: str | None = None,
+                          precision: torch.dtype | None | str = "config") -> Procedure:
+    """The procedure `name` (default: the config's `eval_procedure`) with the config's numbers.
+    `precision`: an autocast dtype, None for fp32, or "config" for the config's `autocast_dtype`."""
+    name = config.eval_procedure if name is None else name
+    dtype = autocast_dtype(config.autocast_dtype) if precision == "config" else precision
+    tilt = tilt_settings(config)
+    if name == "sliding":
+        return SlidingProcedure(config.eval_seq_len, config.eval_stride, config.eval_batch_seqs, dtype, tilt)
+    if name == "plain":
+        return SlidingProcedure(config.eval_seq_len, config.eval_seq_len, config.eval_batch_seqs, dtype, tilt)
+    if name == "ttt":
+        return TTTProcedure(ttt_settings(config), dtype, tilt)
+    raise PgolfError(f"unknown eval procedure {name!r}; choose one of {', '.join(PROCEDURE_NAMES)}")
