@@ -277,3 +277,25 @@ def run_eval_compliance(artifact_path, data_dir, config, prefix_targets: int = 4
                                  loaded.model_config.bos_id, full_targets=val.tokens.numel() - 1, samples=samples,
                                  tolerance=tolerance, seed=seed, check_seconds=check_seconds,
                                  device=describe_machine(target_device))
+
+
+def check_run_procedure(run_dir, config_dict: dict, data_dir=None, prefix_targets: int = 2048,
+                        samples: int = 2) -> list[Check]:
+    """The legality rules (not the time: a submission's eval time is measured on its own hardware) for a
+    finished run's procedure and artifact. Plain and sliding scoring without the tilt are the reference
+    procedures, proven by the test suite: nothing to run for them."""
+    from pathlib import Path
+
+    from pgolf.challenge import ARTIFACT_NAME
+    from pgolf.config import run_config_from_dict
+    from pgolf.errors import PgolfError
+
+    config = run_config_from_dict(config_dict)
+    if config.eval_procedure in ("plain", "sliding") and not config.eval_tilt:
+        return []
+    data_dir = data_dir or config.data_dir
+    if not data_dir or not Path(data_dir).exists():
+        raise PgolfError(f"checking the run's eval procedure ({config.eval_procedure}) needs its dataset; "
+                         f"pass --data DIR (the run's data_dir {data_dir!r} is not here)")
+    return run_eval_compliance(Path(run_dir) / ARTIFACT_NAME, data_dir, config, prefix_targets=prefix_targets,
+                               samples=samples, check_seconds=False)
