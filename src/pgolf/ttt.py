@@ -119,6 +119,8 @@ class TTTProcedure:
     autocast_dtype: torch.dtype | None = None
     tilt_settings: TiltSettings | None = None
 
+    timings: dict[str, float] = field(default_factory=dict)  # seconds by part, of the last run
+
     @property
     def name(self) -> str:
         return "ttt" if self.settings.adapt else "document-chunks"
@@ -131,7 +133,8 @@ class TTTProcedure:
         tilt = None
         if self.tilt_settings is not None:  # filled in this procedure's scoring order, not stream order
             tilt = TokenTilt.from_tokens(tokens, self.tilt_settings, base.config.bos_id, online=True)
-        run = _TTTRun(base, tokens, self.settings, dist, self.autocast_dtype, tilt, record, progress)
+        self.timings = {"score_seconds": 0.0, "update_seconds": 0.0, "global_phase_seconds": 0.0}
+        run = _TTTRun(base, tokens, self.settings, dist, self.autocast_dtype, tilt, record, progress, self.timings)
         return run.events()
 
 
@@ -139,7 +142,7 @@ class _TTTRun:
     """One pass of the procedure over one token stream (state shared by the batch loop and the phases)."""
 
     def __init__(self, model, tokens, settings: TTTSettings, dist: DistInfo, autocast_dtype, tilt, record,
-                 progress):
+                 progress, timings: dict[str, float]):
         self.model, self.tokens, self.settings, self.dist = model, tokens, settings, dist
         self.tilt, self.record, self.progress = tilt, record, progress
         self.device = tokens.device
@@ -150,6 +153,7 @@ class _TTTRun:
         self.generator = torch.Generator(device="cpu").manual_seed(settings.seed * 1009 + dist.rank)
         self.lora: BatchedLoRA | None = None
         self.redraw = True
+        self.timings = timings  # wall seconds of the work between yields, by part
 
     def events(self) -> Iterator[Event]:
         settings = self.settings
@@ -212,8 +216,10 @@ class _TTTRun:
         steps = max(num_chunks(doc.num_targets, settings.chunk_tokens) for doc in docs)
         if not settings.adapt:
             for chunk in range(steps):
+                started = time.perf_counter()
                 with torch.inference_mode():
                     scored, _ = self.score_chunk(docs, windows, chunk)
+                self.timings["score_seconds"] += time.perf_counter() - started
                 yield scored
             return
         for parameter in self.model.parameters():
@@ -224,9 +230,12 @@ class _TTTRun:
         with lora.attached(self.model):
             for chunk in range(steps):
                 active = [row for row, doc_windows in enumerate(windows) if chunk < len(doc_windows)]
+                started = time.perf_counter()
                 lora.select(torch.tensor(active, device=self.device))
                 scored, losses = self.score_chunk(docs, windows, chunk)
+                self.timings["score_seconds"] += time.perf_counter() - started
                 yield scored
+                started = time.perf_counter()
                 trained = [(row, loss, targets) for row, loss, targets in losses
                            if chunk < len(windows[row]) - 1]  # a document's last chunk is not trained on
                 if not trained:
@@ -235,6 +244,7 @@ class _TTTRun:
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
+                self.timings["update_seconds"] += time.perf_counter() - started
                 yield Updated(targets=torch.cat([targets for _, _, targets in trained]), kind="lora")
         lora.select(None)
 
@@ -287,6 +297,7 @@ class _TTTRun:
         num_trained = plan.inputs.shape[0]
         my_rows = list(range(settings.global_batch_seqs))[dist.rank::dist.world_size]
         for chunk in range(num_trained):
+            started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(settings.global_lr, chunk, num_trained + 1)  # the skipped chunk is the last
             optimizer.zero_grad(set_to_none=False)
@@ -308,6 +319,7 @@ class _TTTRun:
             if settings.global_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.global_clip)
             optimizer.step()
+            self.timings["global_phase_seconds"] += time.perf_counter() - started
             yield Updated(targets=torch.from_numpy(np.ascontiguousarray(plan.target_index[chunk]).reshape(-1)),
                           kind="global")
         for parameter in model.parameters():

@@ -72,15 +72,19 @@ def run(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - started
     finally:
         cleanup_distributed()
+    report_name = "sliding" if procedure is None else procedure.name
     report_fields = {
         "artifact": str(args.artifact), "val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
         "tokens_scored": result["val_tokens_scored"], "bytes_scored": result["val_bytes_scored"],
-        "procedure": "sliding" if procedure is None else procedure.name, "tilt": bool(args.tilt),
+        "procedure": report_name, "tilt": bool(args.tilt),
         "seq_len": args.seq_len, "stride": args.stride, "seconds": wall, "device": str(dist.device),
         "world_size": dist.world_size,
-        # the official split, scored the same way, predicted from the reference's measured eval pace
-        "predicted_seconds_8xh100_full_val": predict_eval_seconds(loaded.model_config, OFFICIAL_SP1024_VAL_TOKENS,
-                                                                  args.seq_len, args.stride),
+        **{f"ttt_{key}": value for key, value in getattr(procedure, "timings", {}).items()},
+        # the official split, scored the same way, predicted from the reference's measured eval pace (windowed
+        # procedures only: TTT's time is measured, `pgolf verify --eval-compliance`)
+        "predicted_seconds_8xh100_full_val": None if report_name == "ttt" else predict_eval_seconds(
+            loaded.model_config, OFFICIAL_SP1024_VAL_TOKENS, args.seq_len,
+            args.seq_len if report_name == "plain" else args.stride),
     }
     if dist.is_main:
         if args.json:
