@@ -54,3 +54,26 @@ def procedure_from_config(config: RunConfig, name: str | None = None,
     if name == "ttt":
         return TTTProcedure(ttt_settings(config), dtype, tilt)
     raise PgolfError(f"unknown eval procedure {name!r}; choose one of {', '.join(PROCEDURE_NAMES)}")
+
+
+def eval_config(config_path=None, overrides: list[str] = (), base: RunConfig | None = None,
+                procedure: str | None = None, tilt: bool = False, **eval_fields) -> RunConfig:
+    """The run config a command scores with: a run's config.json (or `base`, default RunConfig()), then
+    `--set` overrides, then the command's own choices (procedure, tilt, window fields); validated."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from pgolf.config import apply_overrides, run_config_from_dict
+
+    config = base or RunConfig()
+    if config_path:
+        try:
+            config = run_config_from_dict(json.loads(Path(config_path).read_text()))
+        except (OSError, ValueError) as error:
+            raise PgolfError(f"cannot read the run config {config_path}: {error}") from None
+    config = apply_overrides(config, list(overrides))
+    config = dataclasses.replace(config, eval_procedure=procedure or config.eval_procedure,
+                                 eval_tilt=config.eval_tilt or tilt, **eval_fields)
+    config.validate()
+    return config

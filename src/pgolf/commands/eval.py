@@ -100,19 +100,9 @@ def eval_settings(args: argparse.Namespace):
     --seq-len/--stride (the command's behaviour without --procedure, --tilt, --config or --set)."""
     if args.procedure is None and not (args.tilt or args.config or args.overrides):
         return None
-    from dataclasses import replace
+    from pgolf.procedures import eval_config
 
-    from pgolf.config import RunConfig, apply_overrides, run_config_from_dict
-
-    config = RunConfig()
-    if args.config:
-        try:
-            config = run_config_from_dict(json.loads(Path(args.config).read_text()))
-        except (OSError, ValueError) as error:
-            raise PgolfError(f"cannot read the run config {args.config}: {error}") from None
-    config = apply_overrides(config, args.overrides)
-    procedure = args.procedure or (config.eval_procedure if args.config else "sliding")
-    config = replace(config, eval_procedure=procedure, eval_seq_len=args.seq_len, eval_stride=args.stride,
-                     eval_batch_seqs=args.batch_seqs, eval_tilt=config.eval_tilt or args.tilt)
-    config.validate()
-    return config
+    # without a run config the command's default stays sliding; with one, its eval_procedure
+    return eval_config(args.config, args.overrides, procedure=args.procedure or (None if args.config else "sliding"),
+                       tilt=args.tilt, eval_seq_len=args.seq_len, eval_stride=args.stride,
+                       eval_batch_seqs=args.batch_seqs)

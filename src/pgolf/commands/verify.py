@@ -90,29 +90,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def eval_compliance_checks(args: argparse.Namespace, log):
-    from pathlib import Path
-
     import torch
 
-    from pgolf.config import RunConfig, apply_overrides, run_config_from_dict
+    from pgolf.config import RunConfig
     from pgolf.errors import PgolfError
+    from pgolf.procedures import eval_config
     from pgolf.verify.eval_compliance import run_eval_compliance
 
     data_dir = args.data or args.data_dir
     if not data_dir:
         raise PgolfError("--eval-compliance needs --data DIR")
-    config = RunConfig(eval_seq_len=args.eval_seq_len, eval_stride=args.eval_stride)
-    if args.config:
-        try:
-            config = run_config_from_dict(json.loads(Path(args.config).read_text()))
-        except (OSError, ValueError) as error:
-            raise PgolfError(f"cannot read the run config {args.config}: {error}") from None
-    config = apply_overrides(config, args.overrides)
-    from dataclasses import replace
-
-    config = replace(config, eval_procedure=args.procedure or config.eval_procedure,
-                     eval_tilt=config.eval_tilt or args.tilt)
-    config.validate()
+    config = eval_config(args.config, args.overrides, procedure=args.procedure, tilt=args.tilt,
+                         base=RunConfig(eval_seq_len=args.eval_seq_len, eval_stride=args.eval_stride))
     return run_eval_compliance(args.eval_compliance, data_dir, config, prefix_targets=args.prefix_tokens,
                                samples=args.samples, tolerance=args.tolerance, seed=args.seed, device=args.device,
                                precision=torch.bfloat16 if args.bf16 else None, log=log)
