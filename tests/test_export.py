@@ -22,8 +22,8 @@ from pgolf.config import get_preset, run_config_from_dict, run_config_to_dict, r
 from pgolf.errors import PgolfError
 from pgolf.packaging.bundle import bundled_modules, requirement_lines, third_party_imports
 from pgolf.packaging.entry import DEFAULT_DATA_PATH, closing_lines, config_from_environment, run_id_from_environment
-from pgolf.packaging.export import (export_script, exported_code_bytes, resolve_export_config, self_extracting,
-                                    strip_source)
+from pgolf.packaging.export import (build_script, export_script, exported_code_bytes, resolve_export_config,
+                                    self_extracting, strip_source)
 
 REFERENCE_CODE_BYTES = 66_133  # the PR-198 sibling run's train_gpt.py (spec §5)
 
@@ -349,3 +349,17 @@ def test_submit_ships_the_exported_script_and_refuses_over_budget(tmp_path, trai
                        "--out", str(tmp_path / "heavy_records")]) == 1
     assert "bytes_total 16,000,001 > 16,000,000" in capsys.readouterr().err
     assert not (tmp_path / "heavy_records" / "submission.json").exists()
+
+
+def test_a_script_bundles_only_the_features_its_config_uses():
+    """pr198's script leaves out TTT, the tilt, GPTQ and the per-group layout (their code bytes would
+    count against the budget for nothing); frontier's carries every one of them."""
+    from pgolf.packaging.bundle import FEATURE_MODULES, unused_feature_modules
+
+    every_feature = {module for modules in FEATURE_MODULES.values() for module in modules}
+    assert unused_feature_modules(get_preset("pr198")) == every_feature
+    assert unused_feature_modules(get_preset("frontier")) == frozenset()
+    pr198_text, _ = build_script(replace(get_preset("pr198"), code_packing="plain"))
+    assert "'pgolf.ttt'" not in pr198_text and "'pgolf.gptq'" not in pr198_text and "'pgolf.model'" in pr198_text
+    frontier_text, _ = build_script(replace(get_preset("frontier"), code_packing="plain"))
+    assert "'pgolf.ttt'" in frontier_text and "'pgolf.pergroup'" in frontier_text

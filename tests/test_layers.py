@@ -14,10 +14,11 @@ import pgolf
 # (layer, modules relative to src/pgolf without .py; a trailing "/" takes the whole folder)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("__init__", "errors", "challenge", "machine", "progress", "config", "distributed")),
-    ("data and source tools", ("data/", "packaging/__init__", "packaging/bundle", "packaging/export", "packaging/packcode")),
+    ("data and source tools", ("data/", "packaging/__init__", "packaging/packcode")),
     ("recipe", ("attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "gptq",
                 "calibrated", "hessians", "compressors", "pergroup", "metric", "flops")),
-    ("scoring", ("evaluate", "artifact", "weights", "runtime", "scoring", "packaging/size", "plot", "kernels/")),
+    ("scoring", ("evaluate", "procedures", "ttt", "ttt_plan", "lora", "tilt", "artifact", "weights", "runtime",
+                 "scoring", "packaging/size", "packaging/bundle", "packaging/export", "plot", "kernels/")),
     ("the run", ("build", "checkpoint", "runlog", "finish", "train")),
     ("tools", ("bench", "demo", "packaging/entry", "packaging/submit", "verify/", "ablate/", "requantize")),
     ("command line", ("commands/", "cli", "__main__")),

@@ -27,9 +27,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from typing import TYPE_CHECKING
+
 from pgolf.errors import PgolfError
-from pgolf.gptq import ColumnGroup, gptq_quantize
-from pgolf.hessians import Calibration
+if TYPE_CHECKING:  # GPTQ and the Hessians load only where a scheme uses them (an exported script's bundle)
+    from pgolf.gptq import ColumnGroup
+    from pgolf.hessians import Calibration
 from pgolf.quant import (
     LQER_GROUP,
     SCALE_DTYPE,
@@ -174,6 +177,8 @@ def lqer_method_suffix(rank: int, group: int) -> str:
 def quantize_row_tensor(weight: Tensor, rule: CalibratedRule, calibration: Calibration | None, name: str,
                         awq_start: int | None, awq_columns: int) -> QuantizedTensor:
     """One 2-D tensor under a CalibratedRule (scale, AWQ group, GPTQ or round to nearest)."""
+    from pgolf.gptq import ColumnGroup, gptq_quantize  # here: a plain scheme's exported script has no GPTQ
+
     bits = bits_of(rule.method)
     low, high = value_range(bits, rule.clip)
     rows = weight.detach().to(device="cpu", dtype=torch.float32).reshape(weight.shape[0], -1)  # (R, C)

@@ -175,7 +175,8 @@ def check_field_types(config) -> None:
 RUNTIME_CHOICES = {"autocast_dtype": ("auto", "bf16", "fp32"), "compile": ("auto", "on", "off"),
                    "device": ("auto", "cpu", "cuda"), "code_packing": ("plain", "lzma", "minify-brotli"),
                    "lr_schedule": ("step_warmdown", "fraction_warmdown"),
-                   "muon_coefficients": ("quintic", "polar_express")}
+                   "muon_coefficients": ("quintic", "polar_express"),
+                   "eval_procedure": ("sliding", "plain", "ttt")}
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,30 @@ class RunConfig:
     eval_batch_seqs: int = 32
     val_every: int = 1000  # 0 = only at the end
     val_max_tokens: int = 0  # periodic validation on a prefix; 0 = the whole split
+    # the score's procedure (pgolf.procedures): sliding (eval_seq_len windows every eval_stride), plain
+    # (non-overlapping windows), ttt (score-first LoRA TTT, spec frontier.md §6; the numbers below)
+    eval_procedure: str = "sliding"
+    ttt_context_tokens: int = 2048  # a chunk is scored from up to this many document tokens ending at its end
+    ttt_chunk_tokens: int = 48
+    ttt_batch_docs: int = 64
+    ttt_lora_rank: int = 80
+    ttt_lora_alpha: float = 144.0  # LoRA output scaled by alpha / rank
+    ttt_lora_targets: str = "q,k,v,out,mlp,head"
+    ttt_lr: float = 1e-4  # AdamW on the adapters, one step per chunk
+    ttt_beta1: float = 0.0
+    ttt_beta2: float = 0.99
+    ttt_eps: float = 1e-10
+    ttt_weight_decay: float = 0.5
+    ttt_phase_boundaries: tuple[int, ...] = (833, 1666, 2500)  # scored-document counts of the global phases
+    ttt_global_lr: float = 1e-3  # SGD over all base weights, cosine over a phase's chunks
+    ttt_global_momentum: float = 0.9
+    ttt_global_clip: float = 1.0
+    ttt_global_seq_len: int = 2048
+    ttt_global_batch_seqs: int = 16  # rows per global chunk (16 x 2048 = 32,768 tokens)
+    eval_tilt: bool = False  # token n-gram tilt (#2135, spec frontier.md §9) on the scored distribution
+    tilt_order: int = 16
+    tilt_threshold: float = 0.8
+    tilt_beta: float = 2.625
     # logging and runtime
     log_every: int = 100
     checkpoint_every: int = 0
@@ -249,6 +274,7 @@ class RunConfig:
     def __post_init__(self):
         object.__setattr__(self, "progressive_seq_lens", tuple(int(v) for v in self.progressive_seq_lens))
         object.__setattr__(self, "progressive_fractions", tuple(float(v) for v in self.progressive_fractions))
+        object.__setattr__(self, "ttt_phase_boundaries", tuple(int(v) for v in self.ttt_phase_boundaries))
 
     def validate(self) -> None:
         if not isinstance(self.model, ModelConfig):
@@ -256,7 +282,9 @@ class RunConfig:
         self.model.validate()
         check_field_types(self)
         for name in ("train_seq_len", "global_batch_tokens", "micro_batch_tokens", "eval_seq_len",
-                     "eval_batch_seqs", "log_every", "swa_every", "muon_ns_steps"):
+                     "eval_batch_seqs", "log_every", "swa_every", "muon_ns_steps", "ttt_context_tokens",
+                     "ttt_chunk_tokens", "ttt_batch_docs", "ttt_lora_rank", "ttt_global_seq_len",
+                     "ttt_global_batch_seqs"):
             if getattr(self, name) < 1:
                 raise PgolfError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("iterations", "warmup_steps", "warmdown_steps", "val_every", "val_max_tokens",
@@ -387,7 +415,7 @@ def frontier() -> RunConfig:
     """The #1855 run (val_bpb 1.06108), spec frontier.md §3-§4 with the logged run values of §8.
 
     Data: the CaseOps SP8192 export (`pgolf data fetch --variant sp8192-caseops`), scored on its byte
-    sidecar. Not here yet: score-first TTT (the eval procedure).
+    sidecar; the score's procedure is phased score-first LoRA TTT (`eval_procedure`, frontier.md §6).
     """
     return RunConfig(
         model=frontier_model(),
@@ -427,6 +455,25 @@ def frontier() -> RunConfig:
         quant_scheme="frontier",  # GPTQ + SDClip, int7 embedding, LQER, per-group layout (frontier.md §5)
         calibration_batches=16,
         calibration_batch_seqs=48,
+        # the score: phased score-first LoRA TTT (frontier.md §6)
+        eval_procedure="ttt",
+        ttt_context_tokens=2048,
+        ttt_chunk_tokens=48,
+        ttt_batch_docs=64,
+        ttt_lora_rank=80,
+        ttt_lora_alpha=144.0,
+        ttt_lora_targets="q,k,v,out,mlp,head",
+        ttt_lr=1e-4,
+        ttt_beta1=0.0,
+        ttt_beta2=0.99,
+        ttt_eps=1e-10,
+        ttt_weight_decay=0.5,
+        ttt_phase_boundaries=(833, 1666, 2500),
+        ttt_global_lr=1e-3,
+        ttt_global_momentum=0.9,
+        ttt_global_clip=1.0,
+        ttt_global_seq_len=2048,
+        ttt_global_batch_seqs=16,
     )
 
 
@@ -461,6 +508,16 @@ def frontier_tiny() -> RunConfig:
         val_every=100,
         val_max_tokens=65_536,
         log_every=10,
+        # TTT at this size: windows of eval_seq_len, 8-document batches, rank 8 (alpha / rank 1.8 as in
+        # frontier), phases after 8 / 16 / 24 documents (the demo and test splits hold ~40)
+        ttt_context_tokens=256,
+        ttt_chunk_tokens=32,
+        ttt_batch_docs=8,
+        ttt_lora_rank=8,
+        ttt_lora_alpha=14.4,
+        ttt_phase_boundaries=(8, 16, 24),
+        ttt_global_seq_len=256,
+        ttt_global_batch_seqs=4,
     )
 
 

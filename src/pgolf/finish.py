@@ -28,10 +28,10 @@ from pgolf.calibrated import get_any_scheme, quantize_calibrated
 from pgolf.challenge import ARTIFACT_NAME, BUDGET_BYTES
 from pgolf.config import RunConfig
 from pgolf.distributed import DistInfo, barrier
-from pgolf.hessians import calibration_batches, collect_hessians
 from pgolf.machine import describe_machine
 from pgolf.model import GPT
 from pgolf.runlog import RunLog, config_sha256, write_json_atomic
+from pgolf.procedures import procedure_from_config
 from pgolf.runtime import autocast_dtype
 from pgolf.scoring import ValData, model_from_artifact, score
 from pgolf.weights import FULL_WEIGHTS_NAME, save_full_weights
@@ -89,12 +89,15 @@ def finish_run(run: FinishInputs, run_dir: Path | None, log: RunLog, quiet: bool
     shipped = model_from_artifact(load_artifact(artifact_path), dist.device, config.compile)
     roundtrip_plain = evaluate_plain(shipped, "eval round trip")
     log.fields(stage="roundtrip_plain", **roundtrip_plain)
-    if config.eval_stride == config.eval_seq_len:
+    if config.eval_procedure == "sliding" and config.eval_stride == config.eval_seq_len and not config.eval_tilt:
         scored = roundtrip_plain
-    else:
+    else:  # the submission score: sliding window, or score-first TTT, each optionally tilted
         scored = score(shipped, run.val, config.eval_seq_len, config.eval_stride, config.eval_batch_seqs, dist,
-                       autocast_dtype(config.autocast_dtype), desc="eval sliding", show_progress=not quiet)
-        log.fields(stage=f"roundtrip_sliding_stride{config.eval_stride}", **scored)
+                       autocast_dtype(config.autocast_dtype), desc=f"eval {config.eval_procedure}",
+                       show_progress=not quiet, procedure=procedure_from_config(config))
+        stage = (f"roundtrip_sliding_stride{config.eval_stride}" if config.eval_procedure == "sliding"
+                 else f"roundtrip_{config.eval_procedure}")
+        log.fields(stage=stage + ("_tilt" if config.eval_tilt else ""), **scored)
 
     bytes_model = artifact_path.stat().st_size
     result = {
@@ -111,6 +114,7 @@ def finish_run(run: FinishInputs, run_dir: Path | None, log: RunLog, quiet: bool
         "val_loss_prequant": prequant["val_loss"],
         "val_tokens_scored": scored["val_tokens_scored"],
         "val_bytes_scored": scored["val_bytes_scored"],
+        "eval_procedure": config.eval_procedure + ("+tilt" if config.eval_tilt else ""),
         "eval_stride": config.eval_stride,
         "eval_seq_len": config.eval_seq_len,
         "eval_seconds": scored["eval_seconds"],
@@ -148,6 +152,8 @@ def calibrate(run: FinishInputs, log: RunLog):
     scheme = get_any_scheme(run.config.quant_scheme)
     if not getattr(scheme, "needs_calibration", False):
         return None
+    from pgolf.hessians import calibration_batches, collect_hessians  # only calibrated schemes' scripts bundle it
+
     config, dist = run.config, run.dist
     started = time.perf_counter()
     files = run.train_files[dist.rank::dist.world_size] or run.train_files  # the rank's own shards

@@ -379,6 +379,9 @@ class GPT(nn.Module):
         # Which layer order runs (ModelConfig.layer_order); a plain Python bool, so a compiled
         # model keeps one graph per value. On by default: evaluation and TTT run looped.
         self.looping = bool(config.loop_layers)
+        # eval-time adapters on the logits (pgolf.lora: hidden (B, T, C) -> (B, T, V), added before the
+        # soft-cap); None everywhere else. A plain attribute, not a module: nothing enters the state_dict.
+        self.logit_delta = None
         self._init_weights()
         # initialised in fp32, then cast, as the reference casts its initialised model
         embedding_dtype = EMBEDDING_DTYPES[config.embedding_dtype]
@@ -430,6 +433,8 @@ class GPT(nn.Module):
         x = self._run_layers(x, cos, sin, document_ids, attention_extra)
         x = self.final_norm(x)
         logits = F.linear(x, self.tok_emb.weight.to(x.dtype)).float()  # (B, T, V)
+        if self.logit_delta is not None:
+            logits = logits + self.logit_delta(x).float()
         logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
         if target_ids is None:
             return logits

@@ -3,8 +3,8 @@
 `load_val_data` opens a dataset's val split with the byte tables of its
 tokenizer, or with its byte sidecar when it has one (then bytes are never
 counted from the tables: `tables` is None); `model_from_artifact` rebuilds the shipped network from a `.pgolf`
-file; `score` runs `evaluate.evaluate` over the split (or a prefix) and returns
-the numbers a run reports. Nothing here imports training code: scoring an
+file; `score` runs an eval procedure (sliding window by default, `pgolf.procedures`)
+over the split (or a prefix) and returns the numbers a run reports. Nothing here imports training code: scoring an
 artifact needs only the artifact, the tokenizer and the val shards.
 """
 
@@ -20,7 +20,7 @@ from pgolf.data.shards import find_tokenizer, load_val_bytes, load_val_tokens, r
 from pgolf.data.tokenizer import sha256_file
 from pgolf.distributed import DistInfo
 from pgolf.errors import PgolfError
-from pgolf.evaluate import evaluate, truncate_val_tokens
+from pgolf.evaluate import Procedure, SlidingProcedure, run_procedure, truncate_val_tokens
 from pgolf.metric import ByteTables, byte_tables_from_sentencepiece
 from pgolf.model import GPT
 from pgolf.progress import progress_bar
@@ -80,13 +80,19 @@ def model_from_artifact(loaded: LoadedArtifact, device: torch.device, compile_se
 
 def score(model: torch.nn.Module, val: ValData, seq_len: int, stride: int, batch_seqs: int, dist: DistInfo,
           autocast_dtype: torch.dtype | None, max_tokens: int = 0, desc: str = "val",
-          show_progress: bool = True) -> dict[str, float]:
-    """Evaluate on the val split (or its first `max_tokens` targets); val_loss, val_bpb and counts."""
+          show_progress: bool = True, procedure: Procedure | None = None) -> dict[str, float]:
+    """Evaluate on the val split (or its first `max_tokens` targets); val_loss, val_bpb and counts.
+
+    `procedure` (`pgolf.procedures.procedure_from_config`) chooses how; None is the sliding window
+    of `seq_len` every `stride` tokens (plain when they are equal), which the other arguments set.
+    """
     tokens = val.tokens if max_tokens <= 0 else val.tokens[: max_tokens + 1]
     val_bytes = None if val.val_bytes is None else val.val_bytes[: tokens.numel()]
-    with progress_bar(total=None, desc=desc, unit="window",
+    if procedure is None:
+        procedure = SlidingProcedure(seq_len, stride, batch_seqs, autocast_dtype)
+    with progress_bar(total=None, desc=desc, unit="window" if isinstance(procedure, SlidingProcedure) else "batch",
                       enabled=None if dist.is_main and show_progress else False) as bar:
-        result = evaluate(model, tokens, val.tables, seq_len=seq_len, stride=stride, batch_seqs=batch_seqs,
-                          dist=dist, autocast_dtype=autocast_dtype, progress=bar.advance_to, val_bytes=val_bytes)
+        result = run_procedure(procedure, model, tokens, val.tables, dist, progress=bar.advance_to,
+                               val_bytes=val_bytes)
     return {"val_loss": result.loss, "val_bpb": result.bpb, "val_tokens_scored": result.tokens,
             "val_bytes_scored": result.bytes, "eval_seconds": result.seconds}

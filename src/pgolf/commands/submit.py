@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--github-id", required=True)
     parser.add_argument("--blurb", default="", help="one paragraph on what the run does")
     parser.add_argument("--out", help="records folder (default: records/<name>)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="dataset for the eval-compliance check of a TTT or tilted procedure (default: the "
+                             "run's data_dir)")
     parser.add_argument("--no-export", action="store_true",
                         help="do not generate train_gpt.py; take the code bytes the runs recorded")
     parser.set_defaults(func=run)
@@ -36,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
             # the run's own config (its code_packing too), so the file is the one its bytes_code counted;
             # exported into a staging folder: a refused submission leaves nothing behind
             code_file = export_script(Path(args.run_dirs[0]), Path(staging))
+        from pgolf.verify.eval_compliance import check_run_procedure
+
         submission = write_submission([Path(d) for d in args.run_dirs], out_dir, args.name, args.author,
-                                      args.github_id, args.blurb, code_file=code_file)
+                                      args.github_id, args.blurb, code_file=code_file,
+                                      eval_check=lambda run: check_run_procedure(run.path, run.config, args.data))
     print(json.dumps(submission, indent=2))
     print(f"records folder: {out_dir}")
     return 0

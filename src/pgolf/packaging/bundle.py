@@ -17,6 +17,27 @@ from pgolf.errors import PgolfError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 ENTRY_MODULES: tuple[str, ...] = ("pgolf.train", "pgolf.packaging.entry")
+# modules that only some configs use (each imported where the feature runs): a script whose config does
+# not use the feature leaves them out, and its code bytes do not pay for them
+FEATURE_MODULES: dict[str, tuple[str, ...]] = {
+    "ttt": ("pgolf.ttt", "pgolf.ttt_plan", "pgolf.lora"),  # eval_procedure "ttt"
+    "tilt": ("pgolf.tilt",),  # eval_tilt, or TTT (which imports it)
+    "calibrated": ("pgolf.gptq", "pgolf.hessians"),  # a calibrated quantisation scheme
+    "pergroup": ("pgolf.pergroup",),  # the per-group compressor
+}
+
+
+def unused_feature_modules(config) -> frozenset[str]:
+    """The FEATURE_MODULES this run config never imports."""
+    from pgolf.calibrated import CalibratedScheme, get_any_scheme
+
+    scheme = get_any_scheme(config.quant_scheme)
+    used = {"ttt": config.eval_procedure == "ttt", "tilt": config.eval_tilt or config.eval_procedure == "ttt",
+            "calibrated": isinstance(scheme, CalibratedScheme), "pergroup": scheme.compressor == "pergroup"}
+    return frozenset(module for feature, modules in FEATURE_MODULES.items() if not used[feature]
+                     for module in modules)
+
+
 OPTIONAL_MODULES: frozenset[str] = frozenset({
     # imported lazily inside a try by finish.write_curves: a plot is a convenience and needs matplotlib
     "pgolf.plot",

@@ -38,7 +38,8 @@ from pgolf import __version__
 from pgolf.challenge import SCRIPT_NAME
 from pgolf.config import PRESETS, RunConfig, apply_overrides, get_preset, run_config_from_dict, run_config_to_dict
 from pgolf.errors import PgolfError
-from pgolf.packaging.bundle import PACKAGE_ROOT, bundled_modules, module_file, requirement_lines, third_party_imports
+from pgolf.packaging.bundle import (OPTIONAL_MODULES, PACKAGE_ROOT, bundled_modules, module_file, requirement_lines,
+                                   third_party_imports, unused_feature_modules)
 from pgolf.packaging.packcode import minify_source, pack_source
 
 # ---------------------------------------------------------------- compaction
@@ -167,7 +168,7 @@ def resolve_export_config(run_dir_or_preset: Path | str, overrides: Iterable[str
 
 def build_script(config: RunConfig) -> tuple[str, list[str]]:
     """(the script's text, its requirements) for a resolved config, packed as `config.code_packing` says."""
-    modules = bundled_modules()
+    modules = bundled_modules(excluded=OPTIONAL_MODULES | unused_feature_modules(config))
     sources = {module: module_file(module).read_text(encoding="utf-8") for module in modules}
     requirements = requirement_lines(third_party_imports(sources.values()))
     if config.code_packing == "plain":

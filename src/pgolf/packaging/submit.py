@@ -13,7 +13,7 @@ import json
 import shutil
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pgolf.challenge import ARTIFACT_NAME, BUDGET_BYTES
 from pgolf.errors import PgolfError
@@ -100,9 +100,21 @@ def readme_text(name: str, blurb: str, summary: dict[str, Any], runs: list[RunRe
     return "\n".join(lines)
 
 
+def check_eval_procedure(run: RunRecord, eval_check: Callable[[RunRecord], list] | None) -> None:
+    """Refuse a run whose eval procedure fails `pgolf verify --eval-compliance` (`eval_check` runs it)."""
+    if eval_check is None:
+        return
+    failed = [check for check in eval_check(run) if not check.passed]
+    if failed:
+        raise PgolfError(f"run {run.name} cannot be submitted: its eval procedure fails {failed[0].name}: "
+                         f"{failed[0].evidence}")
+
+
 def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str, github_id: str,
-                     blurb: str = "", code_file: Path | None = None) -> dict[str, Any]:
-    """Check, then write the records folder. `code_file` (an exported train_gpt.py) sets the code bytes."""
+                     blurb: str = "", code_file: Path | None = None,
+                     eval_check: Callable[[RunRecord], list] | None = None) -> dict[str, Any]:
+    """Check, then write the records folder. `code_file` (an exported train_gpt.py) sets the code bytes;
+    `eval_check(run)` returns the eval-compliance checks of the shipped run's procedure."""
     runs = [load_run(run_dir) for run_dir in run_dirs]
     check_numbers(runs)
     check_one_recipe(runs)
@@ -111,6 +123,7 @@ def write_submission(run_dirs: list[Path], out_dir: Path, name: str, author: str
     if summary["bytes_total"] > BUDGET_BYTES:
         raise PgolfError(f"artifact is over budget: {summary['bytes_total']:,} bytes "
                          f"({summary['bytes_model']:,} model + {bytes_code:,} code) > {BUDGET_BYTES:,}")
+    check_eval_procedure(summary["best_run"], eval_check)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     best = summary.pop("best_run")
