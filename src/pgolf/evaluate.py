@@ -132,6 +132,12 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables | None, seq_len: i
     length = min(seq_len, num_targets)  # every window has this length
     positions = torch.arange(length + 1, device=device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll nats, targets, bytes
+    # keep one batch shape (a compiled model would recompile for a short last batch): the last batch
+    # repeats a window with an empty score range
+    padding = -len(local_windows) % batch_seqs if len(local_windows) > batch_seqs else 0
+    padded = local_windows + [(local_windows[-1][0], 0, 0)] * padding
+    # on the device once: a table built per batch would be a blocking host-to-device copy each time
+    window_table = torch.tensor(padded, dtype=torch.int64, device=device).reshape(-1, 3)  # (windows, 3)
 
     was_training = model.training
     model.eval()
@@ -140,12 +146,8 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables | None, seq_len: i
     try:
         with torch.inference_mode():
             for first in range(0, len(local_windows), batch_seqs):
-                batch_windows = local_windows[first:first + batch_seqs]
-                if len(local_windows) > batch_seqs:
-                    # keep one batch shape (a compiled model would recompile for a short last batch):
-                    # repeat a window with an empty score range
-                    batch_windows += [(batch_windows[-1][0], 0, 0)] * (batch_seqs - len(batch_windows))
-                batch = torch.tensor(batch_windows, device=device)  # (B, 3)
+                # no host sync in here: bounds stay on the device, scored positions are masked, not selected
+                batch = window_table[first:first + batch_seqs]  # (B, 3)
                 starts, score_from, score_to = batch[:, 0], batch[:, 1], batch[:, 2]
                 chunk = tokens[starts[:, None] + positions[None, :]].long()  # (B, L+1)
                 inputs, targets = chunk[:, :-1], chunk[:, 1:]
@@ -153,17 +155,16 @@ def evaluate(model: nn.Module, val_tokens, tables: ByteTables | None, seq_len: i
                 scored = (target_index >= score_from[:, None]) & (target_index < score_to[:, None])
                 with autocast:
                     logits = model(inputs)  # (B, L, V)
-                scored_logits = logits[scored]  # (S, V)
-                scored_logits = scored_logits.to(torch.promote_types(scored_logits.dtype, torch.float32))
-                scored_targets, previous = targets[scored], inputs[scored]
-                nll = F.cross_entropy(scored_logits, scored_targets, reduction="none")
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+                nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(scored)
                 if split_bytes is not None:  # a target's bytes sit at its own position, target index + 1
-                    num_bytes = sidecar_bytes(split_bytes, target_index[scored] + 1)
+                    num_bytes = sidecar_bytes(split_bytes, target_index + 1)
                 else:
-                    num_bytes = count_bytes(previous, scored_targets, tables)
-                sums[0] += nll.double().sum()
-                sums[1] += scored_targets.numel()
-                sums[2] += num_bytes.double().sum()
+                    num_bytes = count_bytes(inputs, targets, tables)
+                # where, not a product: a non-finite logit outside the scored range must not reach the sum
+                sums[0] += torch.where(scored, nll, 0.0).double().sum()
+                sums[1] += scored.sum()
+                sums[2] += (num_bytes * scored).double().sum()
                 if progress is not None:
                     progress(min(first + batch_seqs, len(local_windows)), len(local_windows))
     finally:
