@@ -123,12 +123,32 @@ def _flash_attn_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqle
     return torch.empty(0)
 
 
-def install(monkeypatch, with_backward: bool = True) -> None:
-    """The stand-in in place of the wheel, FA3 on for CPU tensors (bf16/fp16, as on a GPU)."""
+@torch.library.custom_op("pgolf_test::flash_attn_backward", mutates_args=("dq", "dk", "dv"))
+def _flash_attn_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                            softmax_lse: torch.Tensor, cu_seqlens_q: torch.Tensor | None = None,
+                            cu_seqlens_k: torch.Tensor | None = None, sequed_q: torch.Tensor | None = None,
+                            sequed_k: torch.Tensor | None = None, max_seqlen_q: int | None = None,
+                            max_seqlen_k: int | None = None, dq: torch.Tensor | None = None,
+                            dk: torch.Tensor | None = None, dv: torch.Tensor | None = None,
+                            softmax_scale: float | None = None, is_causal: bool = False, window_size_left: int = -1,
+                            window_size_right: int = -1, softcap: float = 0.0, deterministic: bool = False,
+                            sm_margin: int = 0) -> torch.Tensor:
+    """The newest wheels' form: the backward itself a custom op writing dq, dk, dv (its Python signature hidden)."""
+    return _flash_attn_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, sequed_q, sequed_k,
+                                max_seqlen_q, max_seqlen_k, dq, dk, dv, softmax_scale, is_causal, window_size_left,
+                                window_size_right, softcap, deterministic, sm_margin)
+
+
+BACKWARDS = {"function": _flash_attn_backward, "custom op": _flash_attn_backward_op, "none": None}
+
+
+def install(monkeypatch, backward: str = "function") -> None:
+    """The stand-in in place of the wheel, FA3 on for CPU tensors (bf16/fp16, as on a GPU). `backward`: the
+    wheel's backward as a plain function, as a custom op (newer wheels), or none usable ("none")."""
     backward_calls.clear()
     monkeypatch.setattr(flash3, "forward_function", flash_attn_func)
     monkeypatch.setattr(flash3, "varlen_forward_function", flash_attn_varlen_func)
-    monkeypatch.setattr(flash3, "backward_function", _flash_attn_backward if with_backward else None)
+    monkeypatch.setattr(flash3, "backward_function", BACKWARDS[backward])
     monkeypatch.setattr(flash3, "varlen_backward_function", None)
     monkeypatch.setattr(attention, "_fa3_device_type", "cpu")
 

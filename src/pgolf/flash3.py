@@ -74,7 +74,8 @@ _parameters: dict[Callable, dict[str, inspect.Parameter]] = {}  # signatures, re
 
 def _signature(function: Callable) -> dict[str, inspect.Parameter]:
     if function not in _parameters:
-        _parameters[function] = dict(inspect.signature(function).parameters)
+        # newer wheels make their backward a torch.library custom op: its Python function is `_init_fn`
+        _parameters[function] = dict(inspect.signature(getattr(function, "_init_fn", function)).parameters)
     return _parameters[function]
 
 
