@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from pgolf import attention
+import fa3_stand_in
+from pgolf import attention, flash3
 from pgolf.attention import (attention_backend_name, causal_attention, document_boundaries,
                              document_causal_mask)
+from pgolf.errors import PgolfError
 
 
 def naive_attention(q, k, v, document_ids=None):
@@ -128,22 +130,101 @@ def test_cpu_bf16_under_autocast_on_both_sides_of_the_fp32_threshold(head_dim, m
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, document_ids), atol=5e-2, rtol=5e-2)
 
 
+def reference_gradients(q, k, v, document_ids, grad_out):
+    """d(sum(out * grad_out)) / d(q, k, v) of the float64 reference."""
+    inputs = [tensor.detach().double().requires_grad_() for tensor in (q, k, v)]
+    out = naive_attention(*inputs, document_ids)
+    return torch.autograd.grad(out, inputs, grad_out.double())
+
+
+@pytest.mark.parametrize("documents", [False, True])
+@pytest.mark.parametrize("backward", ["function", "custom op", "none"])
+def test_fa3_custom_op_forward_and_backward_match_the_reference(documents, backward, monkeypatch):
+    """Through the custom ops with the stand-in wheel: the output, and the gradients from the wheel's own
+    backward (the saved log-sum-exp, by keyword; a plain function or, as in newer wheels, a custom op) or,
+    where a build has no usable one, by recomputation."""
+    fa3_stand_in.install(monkeypatch, backward=backward)
+    q, k, v = (tensor.bfloat16().requires_grad_() for tensor in random_qkv(length=20, seed=6))
+    document_ids = torch.tensor([[0] * 5 + [1] * 9 + [2] * 6, [0] * 12 + [1] * 8]) if documents else None
+    out = causal_attention(q, k, v, document_ids)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
+    out.backward(grad_out.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, document_ids), atol=3e-2, rtol=3e-2)
+    for got, expected in zip((q.grad, k.grad, v.grad), reference_gradients(q, k, v, document_ids, grad_out)):
+        torch.testing.assert_close(got.double(), expected, atol=6e-2, rtol=6e-2)
+    if backward != "none":
+        [call] = fa3_stand_in.backward_calls
+        assert call == {"varlen": documents, "causal": True, "scale": 16 ** -0.5, "window": (-1, -1)}
+    else:
+        assert fa3_stand_in.backward_calls == []
+
+
 def test_packed_boundaries_go_to_the_fa3_varlen_kernel_as_given(monkeypatch):
-    """On a GPU with FA3, precomputed cu_seqlens and max_seqlen are passed through untouched."""
+    """Precomputed cu_seqlens and max_seqlen reach the varlen kernel untouched; without them the
+    boundaries come from the ids and max_seqlen is T."""
+    fa3_stand_in.install(monkeypatch)
     calls = []
 
-    def recording_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal):
-        calls.append((cu_q, cu_k, max_q, max_k, causal))
-        return torch.zeros_like(q)
+    def recording_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, return_attn_probs=False):
+        calls.append((cu_q, cu_k, max_q, max_k, causal, return_attn_probs))
+        return fa3_stand_in.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal,
+                                                   return_attn_probs=return_attn_probs)
 
-    monkeypatch.setattr(attention, "_fa3_available_on", lambda device: True)
-    monkeypatch.setattr(attention, "_fa3_varlen_func", recording_varlen)
+    monkeypatch.setattr(flash3, "varlen_forward_function", recording_varlen)
     q = torch.randn(1, 8, 4, 16, dtype=torch.bfloat16)
     k = v = torch.randn(1, 8, 2, 16, dtype=torch.bfloat16)
     cu_seqlens = torch.tensor([0, 3, 8, 8], dtype=torch.int32)
     document_ids = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 2]])
     out = attention.causal_attention(q, k, v, document_ids, cu_seqlens, max_seqlen=5)
     assert out.shape == q.shape
-    assert calls[0][0] is cu_seqlens and calls[0][1] is cu_seqlens and calls[0][2:] == (5, 5, True)
+    assert calls[0][0] is cu_seqlens and calls[0][1] is cu_seqlens and calls[0][2:] == (5, 5, True, True)
     attention.causal_attention(q, k, v, document_ids)  # without them: derived from the ids, max T
-    assert calls[1][0].tolist() == [0, 3, 8] and calls[1][2:] == (8, 8, True)
+    assert calls[1][0].tolist() == [0, 3, 8] and calls[1][2:4] == (8, 8)
+
+
+def test_an_fa3_build_with_another_lse_layout_fails_in_one_line(monkeypatch):
+    fa3_stand_in.install(monkeypatch)
+    monkeypatch.setattr(flash3, "forward_function",
+                        lambda q, k, v, **keywords: (torch.zeros_like(q), torch.zeros(q.shape[0], q.shape[1])))
+    q, k, v = (tensor.bfloat16() for tensor in random_qkv(seed=8))
+    with pytest.raises(PgolfError, match="softmax_lse has shape"):
+        causal_attention(q, k, v)
+
+
+def test_fa3_is_decided_once_and_read_as_a_plain_value(monkeypatch):
+    monkeypatch.setattr(attention, "_fa3_device_type", None)
+    monkeypatch.setattr(attention, "_cuda_resolved", False)
+    attention.resolve_backend("cpu")  # no CUDA call on a CPU device
+    assert attention._fa3_device_type is None and not attention._cuda_resolved
+    assert not attention.takes_boundaries(torch.device("cpu"))
+    attention.resolve_backend("cuda", allow_fa3=False)  # switched off: no CUDA query either
+    assert attention._fa3_device_type is None and attention._cuda_resolved
+
+
+@pytest.mark.parametrize("device_type, dtype, masked, expected", [
+    ("cpu", torch.float32, True, True), ("cpu", torch.bfloat16, False, True),
+    ("cuda", torch.bfloat16, False, True), ("cuda", torch.float16, False, True),
+    ("cuda", torch.bfloat16, True, False), ("cuda", torch.float32, False, False),
+    ("cuda", torch.float32, True, False)])
+def test_sdpa_gets_enable_gqa_only_where_its_kernel_takes_it(device_type, dtype, masked, expected, monkeypatch):
+    monkeypatch.setattr(attention, "_SDPA_HAS_GQA", True)
+    assert attention.sdpa_takes_gqa(device_type, dtype, masked) is expected
+
+
+def test_sdpa_repeats_kv_when_enable_gqa_would_fall_back(monkeypatch):
+    seen = []
+    real_sdpa = attention.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        seen.append((k.shape[1], kwargs.get("enable_gqa", False)))
+        return real_sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
+    monkeypatch.setattr(attention, "sdpa_takes_gqa", lambda device_type, dtype, masked: not masked)
+    q, k, v = random_qkv(length=12, seed=9)
+    document_ids = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    torch.testing.assert_close(causal_attention(q, k, v, document_ids).double(),
+                               naive_attention(q, k, v, document_ids), atol=1e-5, rtol=1e-5)
+    causal_attention(q, k, v)
+    assert seen == [(4, False), (2, True)]  # masked: k/v repeated to the 4 query heads

@@ -15,7 +15,7 @@ import pgolf
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("__init__", "errors", "challenge", "machine", "progress", "config", "distributed")),
     ("data and source tools", ("data/", "packaging/__init__", "packaging/packcode")),
-    ("recipe", ("attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "gptq",
+    ("recipe", ("flash3", "attention", "model", "model_summary", "layout", "optim", "schedule", "averaging", "quant", "gptq",
                 "calibrated", "hessians", "compressors", "pergroup", "metric", "flops")),
     ("scoring", ("evaluate", "procedures", "ttt", "ttt_plan", "lora", "tilt", "artifact", "weights", "runtime",
                  "scoring", "packaging/size", "packaging/bundle", "packaging/export", "plot", "kernels/")),

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.data.packing import PackedRowStream, packed_rank_batch, rank_row, row_boundaries
+from pgolf.attention import document_boundaries
+from pgolf.data.packing import PackedRowStream, batch_boundaries, packed_rank_batch, rank_row, row_boundaries
 from pgolf.data.shards import write_shard
 from pgolf.errors import PgolfError
 
@@ -36,6 +37,26 @@ def test_boundaries_match_a_position_by_position_transcription(seed):
     expected += [300] * (-len(expected) % 64)
     assert row_boundaries(inputs, BOS, max_length).tolist() == expected
     assert len(expected) % 64 == 0 and np.diff(expected).max() <= max_length
+
+
+def test_batch_boundaries_hand_worked_example():
+    # row 0: starts 0, 2 (bos); row 1 (positions 5..9): starts 5 (row start), 8 (bos)
+    inputs = torch.tensor([[4, 5, 1, 6, 7], [8, 9, 4, 1, 2]])
+    boundaries = batch_boundaries(inputs, BOS, max_length=5, multiple=8)
+    assert boundaries.dtype == torch.int32 and boundaries.tolist() == [0, 2, 5, 8, 10, 10, 10, 10]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_boundaries_are_the_models_own_boundaries_found_on_the_host(seed):
+    """Without cutting (max_length = T) they are the segments the model finds from the bos positions
+    on the device (`attention.document_boundaries` of the running bos count), padded."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(2, 50, (4, 40), generator=generator)
+    inputs.view(-1)[torch.randperm(160, generator=generator)[:9]] = BOS
+    found = document_boundaries((inputs == BOS).cumsum(dim=1))
+    boundaries = batch_boundaries(inputs, BOS, max_length=40)
+    assert boundaries[:len(found)].tolist() == found.tolist() and len(boundaries) % 64 == 0
+    assert (boundaries[len(found):] == 160).all()
 
 
 def test_rank_row_splits_spans_and_shifts_targets():

@@ -108,6 +108,11 @@ def test_what_the_end_of_a_run_needs_is_checked_before_training(tiny_dataset_dir
     (tmp_path / "a_file").write_text("x")
     assert "cannot write to the run folder" in build.preflight_problems(config, tmp_path / "a_file" / "run", 1)[0]
     assert "bytes free" in build.preflight_problems(config, tmp_path / "run", bytes_needed=2**62)[0]
+    # frontier's 98,304-token packed rows need FA3's varlen kernel: SDPA's mask alone would be 9 GiB
+    from pgolf.config import frontier
+
+    row = build.preflight_problems(frontier(), tmp_path / "run", bytes_needed=1)
+    assert len(row) == 1 and "FlashAttention 3" in row[0] and "packed_rows=false" in row[0]
 
     stepped = []
     monkeypatch.setattr(build, "COMPRESSOR_PACKAGES", {"zstd": ("no_such_compressor_package",)})

@@ -228,14 +228,14 @@ class TrainMeasurement:
         return self.tokens_per_second * self.flops_per_token
 
 
-def _describe_error(error: Exception) -> str:
+def describe_error(error: Exception) -> str:
     first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
     return f"{type(error).__name__}: {first_line}"
 
 
 def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device, shard: Path,
-                     warmup_steps: int, timed_steps: int,
-                     after_round: Callable[[], object] | None = None) -> list[TrainMeasurement]:
+                     warmup_steps: int, timed_steps: int, after_round: Callable[[], object] | None = None,
+                     keep_trainers: list | None = None) -> list[TrainMeasurement]:
     """Build and warm up (compilation, allocator) one trainer per variant, then time them round-robin.
 
     Round-robin, one step of each variant per round, so that load from other processes on a
@@ -243,7 +243,8 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
     after each round (`pgolf bench train` samples the matmul peak there, under the same load).
     Every trainer starts from the same seed and reads the same tokens, so losses are comparable
     step by step. A variant that fails to build or compile is reported with its error; fp32/bf16
-    eager failures are real bugs and are raised.
+    eager failures are real bugs and are raised. `keep_trainers`: a list that receives the warm
+    trainers (None where a variant failed) instead of freeing them, for more measurements.
     """
     from pgolf.train import train_step
 
@@ -265,11 +266,11 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
             if is_out_of_memory(error):
                 sequences = config.micro_batch_tokens // config.train_seq_len
                 raise PgolfError(f"{variant.name} ran out of memory at {sequences} x {config.train_seq_len} tokens "
-                                 f"per micro-step ({_describe_error(error)}); pass a smaller --micro-batch, and a "
+                                 f"per micro-step ({describe_error(error)}); pass a smaller --micro-batch, and a "
                                  f"larger --grad-accum to keep the tokens per step") from error
             if not variant.compile:
                 raise
-            measurement.error = _describe_error(error)
+            measurement.error = describe_error(error)
             trainer = None
         if device.type == "cuda":
             measurement.peak_memory = torch.cuda.max_memory_allocated(device) - held_before
@@ -287,6 +288,8 @@ def measure_training(runs: list[tuple[Variant, RunConfig]], device: torch.device
             measurement.losses.append(float(loss))  # after the clock: the sync is not timed
         if after_round is not None:
             after_round()
+    if keep_trainers is not None:
+        keep_trainers.extend(trainers)
     del trainers
     gc.collect()
     if device.type == "cuda":

@@ -138,11 +138,22 @@ COMPRESSOR_PACKAGES = {"zstd": ("zstandard",), "zlib": ("zlib",), "lzma": ("lzma
                        "zpaq": ("zpaq",), "pergroup": ("brotli",)}
 
 
-def preflight_problems(config: RunConfig, run_dir: Path | None, bytes_needed: int) -> list[str]:
+SDPA_MAX_ROW = 16_384  # the longest packed row SDPA's (T, T) boolean mask serves (256 MiB)
+
+
+def preflight_problems(config: RunConfig, run_dir: Path | None, bytes_needed: int,
+                       device: torch.device = torch.device("cpu")) -> list[str]:
     """What would make the end of the run fail, checked before the compile warm-up on every rank: the
     compressor of the quantisation scheme, write access to the run folder, and free disk for the
     artifact (and checkpoints). Empty when all is well."""
     problems = []
+    if importlib.util.find_spec("tqdm") is None:
+        problems.append("the package 'tqdm' is not installed (progress bars; pip install tqdm)")
+    if config.packed_rows and attention_backend_name(device) != "fa3" and config.micro_batch_tokens > SDPA_MAX_ROW:
+        gib = config.micro_batch_tokens ** 2 / 2**30
+        problems.append(f"a packed row of {config.micro_batch_tokens:,} tokens needs FlashAttention 3's varlen "
+                        f"kernel; SDPA's dense mask alone would take {gib:.1f} GiB (set packed_rows=false or a "
+                        f"micro_batch_tokens of at most {SDPA_MAX_ROW:,})")
     compressor = get_any_scheme(config.quant_scheme).compressor
     for package in COMPRESSOR_PACKAGES.get(compressor, (compressor,)):
         if importlib.util.find_spec(package) is None:

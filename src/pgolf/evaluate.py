@@ -128,6 +128,9 @@ class Scored:
     targets: torch.Tensor  # (S,) int64 absolute target indices (target i is token i + 1)
     nll: torch.Tensor  # (S,) NLL in nats, fp32 or wider
     log_probs: torch.Tensor | None = None  # (S, V) fp32: the full distribution read, only when recording
+    # (S,) bool: only these entries are scored (the others are window positions outside the score range;
+    # their targets and NLL mean nothing). None: all of them. The scorer's fast path, without a host sync.
+    mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -205,19 +208,23 @@ def sliding_events(model: nn.Module, tokens: torch.Tensor, seq_len: int, stride:
     local_windows = windows[dist.rank::dist.world_size]
     length = min(seq_len, num_targets)  # every window has this length
     positions = torch.arange(length + 1, device=device)
+    # keep one batch shape (a compiled model would recompile for a short last batch): the last batch
+    # repeats a window with an empty score range
+    padding = -len(local_windows) % batch_seqs if len(local_windows) > batch_seqs else 0
+    padded = local_windows + [(local_windows[-1][0], 0, 0)] * padding
+    # on the device once: a table built per batch would be a blocking host-to-device copy each time
+    window_table = torch.tensor(padded, dtype=torch.int64, device=device).reshape(-1, 3)  # (windows, 3)
+    # without the checker's recording or a tilt, events carry the whole (B, L) batch and a mask: no
+    # boolean indexing, so no host sync per batch
+    masked = not record and tilt is None
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     was_training = model.training
     model.eval()
     try:
         for first in range(0, len(local_windows), batch_seqs):
-            batch_windows = local_windows[first:first + batch_seqs]
-            if len(local_windows) > batch_seqs:
-                # keep one batch shape (a compiled model would recompile for a short last batch):
-                # repeat a window with an empty score range
-                batch_windows += [(batch_windows[-1][0], 0, 0)] * (batch_seqs - len(batch_windows))
             with torch.inference_mode():
-                batch = torch.tensor(batch_windows, device=device)  # (B, 3)
+                batch = window_table[first:first + batch_seqs]  # (B, 3)
                 starts, score_from, score_to = batch[:, 0], batch[:, 1], batch[:, 2]
                 chunk = tokens[starts[:, None] + positions[None, :]].long()  # (B, L+1)
                 inputs, targets = chunk[:, :-1], chunk[:, 1:]
@@ -225,8 +232,14 @@ def sliding_events(model: nn.Module, tokens: torch.Tensor, seq_len: int, stride:
                 scored = (target_index >= score_from[:, None]) & (target_index < score_to[:, None])
                 with autocast:
                     logits = model(inputs)  # (B, L, V)
-                nll, log_probs = scored_nll(logits[scored], targets[scored], target_index[scored], tilt, record)
-                event = Scored(targets=target_index[scored], nll=nll, log_probs=log_probs)
+                if masked:
+                    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+                    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+                    event = Scored(targets=target_index.flatten(), nll=nll, mask=scored.flatten())
+                else:
+                    nll, log_probs = scored_nll(logits[scored], targets[scored], target_index[scored], tilt,
+                                                record)
+                    event = Scored(targets=target_index[scored], nll=nll, log_probs=log_probs)
             yield event
             if progress is not None:
                 progress(min(first + batch_seqs, len(local_windows)), len(local_windows))
@@ -259,9 +272,14 @@ def run_procedure(procedure: Procedure, model: nn.Module, val_tokens, tables: By
             num_bytes = sidecar_bytes(split_bytes, target_index + 1)
         else:
             num_bytes = count_bytes(tokens[target_index], tokens[target_index + 1], tables)
-        sums[0] += event.nll.double().sum()
-        sums[1] += target_index.numel()
-        sums[2] += num_bytes.double().sum()
+        if event.mask is None:
+            sums[0] += event.nll.double().sum()
+            sums[1] += target_index.numel()
+            sums[2] += num_bytes.double().sum()
+        else:  # where, not a product: a non-finite NLL outside the scored range must not reach the sum
+            sums[0] += torch.where(event.mask, event.nll.double(), 0.0).sum()
+            sums[1] += event.mask.sum()
+            sums[2] += (num_bytes * event.mask).double().sum()
     all_reduce_sum(sums, dist)
     sum_nll, num_tokens, num_bytes_total = sums.tolist()
     if num_bytes_total <= 0:

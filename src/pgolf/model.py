@@ -30,7 +30,9 @@ document: attention is block-diagonal causal, and SmearGate and BigramHash do
 not look across the boundary. Positions stay global; rotary attention depends
 only on position differences, so a document's logits do not depend on where it
 sits in the window. `forward(..., cu_seqlens=...)` takes precomputed document
-boundaries instead (document-packed training rows, `pgolf.data.packing`).
+boundaries instead (document-packed training rows, or any batch's boundaries found
+on the host by the loader, `pgolf.data.packing`). Without them, an attention backend
+that takes boundaries (FA3) gets them computed once per forward, not in every layer.
 
 The frontier switches (spec frontier.md §3; `ModelConfig` fields, all off by
 default): leaky-relu^2 MLP, XSA, partial rotary, norm scale 1/sqrt(l+1), gated
@@ -59,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgolf.attention import causal_attention
+from pgolf.attention import causal_attention, document_boundaries, takes_boundaries
 from pgolf.config import ModelConfig
 
 # Multipliers of the bigram hash (spec section 3).
@@ -204,6 +206,19 @@ def document_ids_from_boundaries(cu_seqlens: torch.Tensor, batch: int, length: i
     """
     positions = torch.arange(batch * length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
     return torch.searchsorted(cu_seqlens, positions, right=True).reshape(batch, length)
+
+
+@torch.compiler.disable
+def bos_boundaries(input_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Document boundaries (N+1,) int32 of a (B, T) batch, a document starting at every bos and row start.
+
+    Kept out of compiled graphs: `nonzero` makes the length depend on the data (a host sync, once per
+    forward). The length is marked dynamic, so a compiled model takes any number of documents without
+    recompiling; called before any other work in `GPT.forward`, the model stays one graph.
+    """
+    boundaries = document_boundaries((input_ids == bos_id).cumsum(dim=1))
+    torch._dynamo.mark_dynamic(boundaries, 0)
+    return boundaries
 
 
 # ---------------------------------------------------------------- rotary, attention, blocks
@@ -414,6 +429,9 @@ class GPT(nn.Module):
         """
         config = self.config
         cos, sin = self.rotary(input_ids.shape[1], input_ids.device, torch.float32)  # first: see Rotary
+        if config.document_isolation and cu_seqlens is None and takes_boundaries(input_ids.device):
+            # once per forward, out of the graph, before any other work (as the rotary tables)
+            cu_seqlens, max_seqlen = bos_boundaries(input_ids, config.bos_id), input_ids.shape[1]
         sequence_starts = document_ids = None
         if config.document_isolation:
             sequence_starts = input_ids == config.bos_id  # (B, T)

@@ -301,11 +301,16 @@ class Muon(torch.optim.Optimizer):
             for index, (_, parameter) in enumerate(entries):
                 orthogonal[index] = flat_updates[offset:offset + parameter.numel()].view_as(parameter)
                 offset += parameter.numel()
-        for (group, parameter), update in zip(entries, orthogonal):
+        for group in self.param_groups:  # one multi-tensor kernel per group and operation, not one per matrix
+            members = [(parameter, update) for (owner, parameter), update in zip(entries, orthogonal)
+                       if owner is group]
+            if not members:
+                continue
+            parameters = [parameter for parameter, _ in members]
             lr = group["lr"]
             if group["weight_decay"] > 0:
-                parameter.mul_(1.0 - lr * group["weight_decay"])  # decoupled: not part of the gradient
-            parameter.add_(update.to(parameter.dtype), alpha=-lr)
+                torch._foreach_mul_(parameters, 1.0 - lr * group["weight_decay"])  # decoupled: not in the gradient
+            torch._foreach_add_(parameters, [update.to(parameter.dtype) for parameter, update in members], alpha=-lr)
         return loss
 
 

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from pgolf.attention import resolve_backend
+
 
 def autocast_dtype(setting: str) -> torch.dtype | None:
     """bf16 autocast unless "fp32" is asked for (on CPU too: AMX and AVX512-BF16 make it faster)."""
@@ -35,5 +37,8 @@ def should_compile(setting: str, device: torch.device) -> bool:
 
 
 def compiled(model: torch.nn.Module, setting: str, device: torch.device) -> torch.nn.Module:
-    """`model` compiled for fixed shapes when `should_compile` says so, else the model itself."""
+    """`model` compiled for fixed shapes when `should_compile` says so, else the model itself. The attention
+    backend for `device` is decided here, once, so that compiled code reads a plain value
+    (`attention.resolve_backend`)."""
+    resolve_backend(device)
     return torch.compile(model, dynamic=False) if should_compile(setting, device) else model

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pgolf import build, checkpoint, finish
 from pgolf.averaging import build_weight_averager
 from pgolf.config import RunConfig, run_config_to_dict, run_config_to_json
-from pgolf.data.packing import PackedRowStream, packed_rank_batch
+from pgolf.data.packing import PackedRowStream, batch_boundaries, packed_rank_batch
 from pgolf.data.stream import TokenStream, rank_batch
 from pgolf.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from pgolf.errors import PgolfError
@@ -97,6 +97,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def boundaries_on(cu_seqlens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Document boundaries on the device, their length marked dynamic: a new document count does not
+    recompile the model (the count varies from row to row)."""
+    cu_seqlens = to_device(cu_seqlens, device)
+    if device.type == "cuda":
+        torch._dynamo.mark_dynamic(cu_seqlens, 0)
+    return cu_seqlens
+
+
 def train_step(trainer: Trainer, seq_len: int | None = None) -> torch.Tensor:
     """Forward/backward over the accumulation micro-steps, clip, optimiser step. Returns the mean loss
     (a 0-dim tensor on the device, not synchronised). `seq_len`: the training context (default the
@@ -112,10 +121,15 @@ def train_step(trainer: Trainer, seq_len: int | None = None) -> torch.Tensor:
         if config.packed_rows:
             inputs, targets, cu_seqlens = packed_rank_batch(trainer.stream, config.micro_batch_tokens, dist.rank,
                                                             dist.world_size, max_length=seq_len)
-            extra = {"cu_seqlens": to_device(cu_seqlens, dist.device), "max_seqlen": seq_len}
+            extra = {"cu_seqlens": boundaries_on(cu_seqlens, dist.device), "max_seqlen": seq_len}
         else:
             inputs, targets = rank_batch(trainer.stream, config.micro_batch_tokens * dist.world_size, seq_len,
                                          dist.rank, dist.world_size)
+            if config.model.document_isolation and dist.device.type == "cuda":
+                # the boundaries on the host, once per micro-step: the model would otherwise find them on the
+                # GPU with a synchronising nonzero()
+                boundaries = batch_boundaries(inputs, config.model.bos_id, seq_len)
+                extra = {"cu_seqlens": boundaries_on(boundaries, dist.device), "max_seqlen": seq_len}
         inputs, targets = to_device(inputs, dist.device), to_device(targets, dist.device)
         is_last = micro_step == trainer.grad_accum_steps - 1
         sync = contextlib.nullcontext() if (is_last and not clip_locally) or not isinstance(
@@ -336,7 +350,7 @@ def run_training(config: RunConfig, run_dir: Path | None, resume: bool = False, 
     predicted_model_bytes = predicted_artifact_bytes(config)
     bytes_code = code_bytes(config, code_path)
     problems = build.preflight_problems(config, run_dir, bytes_needed=checkpoint_bytes(trainer) + 2 * (
-        predicted_model_bytes + bytes_code))
+        predicted_model_bytes + bytes_code), device=dist.device)
     if problems:
         raise PgolfError("; ".join(problems))  # in seconds, not after the training minutes
 

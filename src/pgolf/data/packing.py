@@ -12,6 +12,10 @@ from its start; the list ends with the row length and is padded, repeating the
 row length (empty segments), to a multiple of `BOUNDARY_MULTIPLE` entries, so a
 compiled model sees few distinct shapes. That is FlashAttention's `cu_seqlens`;
 `GPT.forward(..., cu_seqlens=...)` restricts attention to the segments.
+
+Plain (B, T) rows of a model with document isolation get theirs from
+`batch_boundaries`, on the host before the batch goes to the device: the model
+would otherwise find them in the ids on the device, which waits for the GPU.
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ def row_boundaries(inputs: np.ndarray, bos_id: int, max_length: int,
     boundaries = np.append(np.concatenate(pieces), length)
     padded = -(-len(boundaries) // multiple) * multiple
     return np.pad(boundaries, (0, padded - len(boundaries)), constant_values=length).astype(np.int32)
+
+
+def batch_boundaries(inputs, bos_id: int, max_length: int, multiple: int = BOUNDARY_MULTIPLE) -> torch.Tensor:
+    """int32 boundaries of a (B, T) batch of input ids over its flattened B*T positions: a segment starts at
+    every row start and every bos (documents never span rows), longer ones are cut every `max_length`; the
+    list ends with B*T and is padded with it to a multiple of `multiple` entries, as `row_boundaries`."""
+    rows = np.asarray(inputs)
+    length = rows.shape[1]
+    starts = [row_boundaries(row, bos_id, max_length, multiple=1)[:-1].astype(np.int64) + index * length
+              for index, row in enumerate(rows)]
+    boundaries = np.append(np.concatenate(starts), rows.size)
+    padded = -(-len(boundaries) // multiple) * multiple
+    return torch.from_numpy(np.pad(boundaries, (0, padded - len(boundaries)), constant_values=rows.size)
+                            .astype(np.int32))
 
 
 def rank_row(chunk: np.ndarray, rank: int, world_size: int, bos_id: int,

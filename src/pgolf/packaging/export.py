@@ -130,7 +130,13 @@ def render_script(config: RunConfig, modules: list[str], sources: dict[str, str]
         "logs/<RUN_ID>/ that receives train.log, metrics.jsonl and result.json. The artifact model.pgolf\n"
         "is written next to this file.\n\n"
         f"Embedded pgolf modules: {', '.join(modules)}.\n"
-        f"Third-party imports beyond torch: {', '.join(requirements) or 'none'} (requirements.txt).\n"
+        f"Third-party imports beyond torch: {', '.join(requirements) or 'none'} (requirements.txt).\n\n"
+        "What it needs: torch 2.4 or later (torch.library.custom_op) with CUDA, and Triton for torch.compile;\n"
+        "numpy; sentencepiece; the compressor of the config's quant_scheme (checked before training: a\n"
+        "missing one stops the run in seconds, not after it); tqdm when its output is a terminal (progress\n"
+        "bars). Used when installed: safetensors (full-precision weights beside the artifact),\n"
+        "flash_attn_interface (FlashAttention 3 on Hopper GPUs; without it attention runs on PyTorch SDPA:\n"
+        "the run log's attention_backend says which).\n"
         '"""\n'
     )
     entries = []
