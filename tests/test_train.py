@@ -92,24 +92,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_d
     assert meta["step"] == 4
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_accumulation(tiny_dataset_dir, tmp_path):
-    settings = TEST_SETTINGS + [f"data_dir={tiny_dataset_dir}", "micro_batch_tokens=128", "iterations=4",
-                                "val_every=0", "warmup_steps=0"]
-    args = ["train", "--preset", "tiny", "--quiet"] + [item for s in settings for item in ("--set", s)]
+def single_and_pair(preset: str, settings: list[str], tmp_path: Path) -> tuple[dict, dict, dict, dict]:
+    """`pgolf train` once in one process and once as 2 gloo processes under torchrun, the same settings;
+    (losses, result) of each."""
+    args = ["train", "--preset", preset, "--quiet"] + [item for s in settings for item in ("--set", s)]
     assert main(args + ["--out", str(tmp_path / "single")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
     completed = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pgolf"] + args
                                + ["--out", str(tmp_path / "pair")], env=env, capture_output=True, text=True,
-                               timeout=600)
+                               timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    single, pair = read_losses(tmp_path / "single"), read_losses(tmp_path / "pair")
+    results = [json.loads((tmp_path / name / "result.json").read_text()) for name in ("single", "pair")]
+    return read_losses(tmp_path / "single"), read_losses(tmp_path / "pair"), *results
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_accumulation(tiny_dataset_dir, tmp_path):
+    settings = TEST_SETTINGS + [f"data_dir={tiny_dataset_dir}", "micro_batch_tokens=128", "iterations=4",
+                                "val_every=0", "warmup_steps=0"]
+    single, pair, single_result, pair_result = single_and_pair("tiny", settings, tmp_path)
     assert sorted(single) == sorted(pair) == [1, 2, 3, 4]
     for step in single:
         assert pair[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6)
-    single_result = json.loads((tmp_path / "single" / "result.json").read_text())
-    pair_result = json.loads((tmp_path / "pair" / "result.json").read_text())
     assert pair_result["world_size"] == 2 and single_result["world_size"] == 1
     assert pair_result["val_bpb"] == pytest.approx(single_result["val_bpb"], rel=1e-4)
 
@@ -273,21 +278,11 @@ def test_frontier_tiny_two_gloo_processes_match_one_process_looping_switched_on_
     from test_golden import FRONTIER_SETTINGS
 
     settings = FRONTIER_SETTINGS + [f"data_dir={tiny_dataset_dir}", "grad_clip_norm=1e9", "warmup_steps=0"]
-    args = ["train", "--preset", "frontier-tiny", "--quiet"] + [item for s in settings for item in ("--set", s)]
-    assert main(args + ["--out", str(tmp_path / "single")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    completed = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pgolf"] + args
-                               + ["--out", str(tmp_path / "pair")], env=env, capture_output=True, text=True,
-                               timeout=900)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    single, pair = read_losses(tmp_path / "single"), read_losses(tmp_path / "pair")
+    single, pair, single_result, pair_result = single_and_pair("frontier-tiny", settings, tmp_path)
     assert sorted(single) == sorted(pair) == list(range(1, 9))
     assert single[5] > single[4]  # the looped order starts at step 5: the loss jumps
     for step in single:
         assert pair[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6)
-    single_result = json.loads((tmp_path / "single" / "result.json").read_text())
-    pair_result = json.loads((tmp_path / "pair" / "result.json").read_text())
     assert pair_result["val_bpb"] == pytest.approx(single_result["val_bpb"], rel=1e-4)
 
 
