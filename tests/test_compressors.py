@@ -164,7 +164,22 @@ def test_inspect_compares_every_compressor_on_the_same_payload(tmp_path, capsys)
     path = tmp_path / "model.pgolf"
     write_artifact(path, CONFIG, quantize_state_dict(state(), SCHEME), "0" * 64, 60, compressor="zstd")
     report = inspect_artifact(path, compare_compressors=True)
-    assert set(report["compressors"]) == set(COMPRESSORS)
+    assert set(report["compressors"]) | set(report["compressors_unavailable"]) == set(COMPRESSORS)
     assert report["compressors"]["zstd"] == report["totals"]["bytes_payload_compressed"]
     assert main(["inspect", str(path), "--compare-compressors"]) == 0
     assert "payload bytes by compressor" in capsys.readouterr().out
+
+
+def test_inspect_names_a_compressor_whose_package_is_missing(tmp_path, monkeypatch, capsys):
+    """The optional zpaq package may be absent: the comparison measures the rest and says what is missing."""
+    from pgolf.cli import main
+    from pgolf.commands.inspect import inspect_artifact
+
+    path = tmp_path / "model.pgolf"
+    write_artifact(path, CONFIG, quantize_state_dict(state(), SCHEME), "0" * 64, 60, compressor="zstd")
+    monkeypatch.setitem(COMPRESSORS, "zpaq", COMPRESSORS["zpaq"]._replace(requires=("no_such_zpaq_package",)))
+    report = inspect_artifact(path, compare_compressors=True)
+    assert "zpaq" not in report["compressors"] and "lzma" in report["compressors"]
+    assert report["compressors_unavailable"] == {"zpaq": "needs the no_such_zpaq_package package"}
+    assert main(["inspect", str(path), "--compare-compressors"]) == 0
+    assert "zpaq: not measured, needs the no_such_zpaq_package package" in capsys.readouterr().out

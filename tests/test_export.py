@@ -78,8 +78,6 @@ def test_bundle_holds_every_module_the_training_path_imports():
                 "pgolf.kernels.cpu_attention"} & set(bundle)
 
 
-def packing(compact: bool) -> list[str]:
-    return ["code_packing=lzma" if compact else "code_packing=plain"]
 
 
 @pytest.mark.slow
@@ -271,13 +269,13 @@ def trained_run(tmp_path_factory, tiny_dataset_dir):
     return run_dir
 
 
-def run_exported(tmp_path: Path, compact: bool, launcher: list[str], dataset: Path, tokenizer: Path,
+def run_exported(tmp_path: Path, code_packing: str, launcher: list[str], dataset: Path, tokenizer: Path,
                  run_id: str, **extra_environment: str) -> tuple[Path, str]:
     """Export (with a different iteration count and seed, which the environment then restores), run
     the script from its own folder, return (script, stdout)."""
-    out_dir = tmp_path / ("compact" if compact else "plain")
+    out_dir = tmp_path / code_packing
     settings = [s for s in TINY_SETTINGS if not s.startswith(("iterations=", "seed="))] + ["iterations=50"]
-    script = export_script("tiny", out_dir, overrides=settings + packing(compact))
+    script = export_script("tiny", out_dir, overrides=settings + [f"code_packing={code_packing}"])
     environment = clean_environment(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), SEED="7",
                                     ITERATIONS="3", RUN_ID=run_id, **extra_environment)
     completed = subprocess.run([*launcher, script.name], cwd=out_dir, env=environment, capture_output=True,
@@ -308,7 +306,7 @@ def assert_same_run(reference: Path, script: Path, stdout: str, run_id: str, rel
 @pytest.mark.slow
 def test_exported_script_trains_exactly_like_pgolf_train(tmp_path, trained_run, tiny_dataset_dir,
                                                          tiny_tokenizer_path):
-    script, stdout = run_exported(tmp_path, False, [sys.executable], tiny_dataset_dir, tiny_tokenizer_path,
+    script, stdout = run_exported(tmp_path, "plain", [sys.executable], tiny_dataset_dir, tiny_tokenizer_path,
                                   "single")
     # same process layout, code and seed; only the thread count may differ from pytest's process
     assert_same_run(trained_run, script, stdout, "single", relative_tolerance=1e-6)
@@ -319,7 +317,8 @@ def test_compact_script_under_torchrun_matches_pgolf_train(tmp_path, trained_run
                                                            tiny_tokenizer_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    script, stdout = run_exported(tmp_path, True, [*launcher, "--standalone", "--nproc_per_node=2"],
+    # the frontier's packing (minified, brotli, base85): the packed script trains as pgolf train does
+    script, stdout = run_exported(tmp_path, "minify-brotli", [*launcher, "--standalone", "--nproc_per_node=2"],
                                   tiny_dataset_dir, tiny_tokenizer_path, "gloo2", OMP_NUM_THREADS="1")
     assert "world_size:2" in stdout
     # 2 ranks x 1 micro-batch instead of 1 x 2: same tokens, gradients summed in another order

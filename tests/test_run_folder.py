@@ -101,7 +101,10 @@ def test_a_foreign_tokenizer_is_refused_unless_allowed(tiny_dataset_dir, tmp_pat
 def test_what_the_end_of_a_run_needs_is_checked_before_training(tiny_dataset_dir, tmp_path, monkeypatch):
     config = small_config(tiny_dataset_dir, "iterations=2")
     assert build.preflight_problems(config, tmp_path / "run", bytes_needed=1) == []
-    monkeypatch.setitem(build.COMPRESSOR_PACKAGES, "zstd", ("no_such_compressor_package",))
+    from pgolf.compressors import COMPRESSORS
+
+    unmet = COMPRESSORS["zstd"]._replace(requires=("no_such_compressor_package",))
+    monkeypatch.setitem(COMPRESSORS, "zstd", unmet)
     problems = build.preflight_problems(config, tmp_path / "run", bytes_needed=1)
     assert len(problems) == 1 and "no_such_compressor_package" in problems[0]
     monkeypatch.undo()
@@ -115,7 +118,7 @@ def test_what_the_end_of_a_run_needs_is_checked_before_training(tiny_dataset_dir
     assert len(row) == 1 and "FlashAttention 3" in row[0] and "packed_rows=false" in row[0]
 
     stepped = []
-    monkeypatch.setattr(build, "COMPRESSOR_PACKAGES", {"zstd": ("no_such_compressor_package",)})
+    monkeypatch.setitem(COMPRESSORS, "zstd", unmet)
     import pgolf.train as train_module
 
     monkeypatch.setattr(train_module, "run_compile_warmup", lambda trainer: stepped.append(1))

@@ -26,6 +26,7 @@ from pgolf.errors import PgolfError
 from pgolf.machine import describe_machine
 from pgolf.model import GPT, num_parameters
 from pgolf.calibrated import get_any_scheme
+from pgolf.compressors import missing_package
 from pgolf.runtime import autocast_dtype, compiled, should_compile
 from pgolf.scoring import ValData, dataset_tokenizer, load_val_data
 
@@ -132,12 +133,6 @@ def cpu_memory_warning(config: RunConfig, device: torch.device) -> str | None:
             f"(pr198 held 9.4 GiB at 32,768){hint}")
 
 
-# the packages a compressor imports when the artifact is written (pergroup: brotli for its remainder;
-# its ZPAQ streams fall back to lzma without the optional zpaq package)
-COMPRESSOR_PACKAGES = {"zstd": ("zstandard",), "zlib": ("zlib",), "lzma": ("lzma",), "brotli": ("brotli",),
-                       "zpaq": ("zpaq",), "pergroup": ("brotli",)}
-
-
 SDPA_MAX_ROW = 16_384  # the longest packed row SDPA's (T, T) boolean mask serves (256 MiB)
 
 
@@ -155,10 +150,10 @@ def preflight_problems(config: RunConfig, run_dir: Path | None, bytes_needed: in
                         f"kernel; SDPA's dense mask alone would take {gib:.1f} GiB (set packed_rows=false or a "
                         f"micro_batch_tokens of at most {SDPA_MAX_ROW:,})")
     compressor = get_any_scheme(config.quant_scheme).compressor
-    for package in COMPRESSOR_PACKAGES.get(compressor, (compressor,)):
-        if importlib.util.find_spec(package) is None:
-            problems.append(f"scheme {config.quant_scheme!r} compresses with {compressor}, but the package "
-                            f"{package!r} is not installed (pip install {package})")
+    package = missing_package(compressor)
+    if package:
+        problems.append(f"scheme {config.quant_scheme!r} compresses with {compressor}, but the package "
+                        f"{package!r} is not installed (pip install {package})")
     if run_dir is not None:
         probe = Path(run_dir) / ".pgolf-write-test"
         try:

@@ -32,6 +32,17 @@ class Compressor(NamedTuple):
     compress: Callable[[bytes, int, list | None], bytes]
     decompress: Callable[[bytes, int, list | None], bytes]
     default_level: int
+    # the packages it imports (pergroup: brotli for its remainder; its ZPAQ streams fall back to lzma
+    # without the optional zpaq package)
+    requires: tuple[str, ...] = ()
+
+
+def missing_package(compressor: str) -> str | None:
+    """A package `compressor` needs that this environment lacks, or None."""
+    import importlib.util
+
+    return next((package for package in COMPRESSORS[compressor].requires
+                 if importlib.util.find_spec(package) is None), None)
 
 
 def byte_shuffle(data: bytes, stride: int = 2) -> bytes:
@@ -175,15 +186,15 @@ def _pergroup_decompress(data: bytes, raw_bytes: int, table=None) -> bytes:
 
 
 COMPRESSORS: dict[str, Compressor] = {
-    "zstd": Compressor(_zstd_compress, _zstd_decompress, 22),
+    "zstd": Compressor(_zstd_compress, _zstd_decompress, 22, requires=("zstandard",)),
     "zlib": Compressor(_zlib_compress, _zlib_decompress, 9),
     "lzma": Compressor(_lzma_compress, _lzma_decompress, 9),
-    "brotli": Compressor(_brotli_compress, _brotli_decompress, 11),
-    "zpaq": Compressor(_zpaq_compress, _zpaq_decompress, 5),
+    "brotli": Compressor(_brotli_compress, _brotli_decompress, 11, requires=("brotli",)),
+    "zpaq": Compressor(_zpaq_compress, _zpaq_decompress, 5, requires=("zpaq",)),
     # ZPAQ level 4 for the per-group streams: level 3 barely compressed trained int6 rows (435,396 bytes
     # of 442,368 for one MLP matrix, where level 4 gave 307,489 and lzma 303,288); level 5 is ~3x
     # slower than 4 (docs/log.md)
-    "pergroup": Compressor(_pergroup_compress, _pergroup_decompress, 4),
+    "pergroup": Compressor(_pergroup_compress, _pergroup_decompress, 4, requires=("brotli",)),
 }
 
 

@@ -85,14 +85,21 @@ def _bits_per_parameter(compressed_bytes: int, elements: int) -> float:
     return 8.0 * compressed_bytes / elements if elements else 0.0
 
 
-def compressor_bytes(contents) -> dict[str, int]:
-    """Payload bytes of the same stored tensors under every compressor (default levels)."""
+def compressor_bytes(contents) -> tuple[dict[str, int], dict[str, str]]:
+    """Payload bytes of the same stored tensors under every compressor (default levels) this
+    environment can run, and, for the others, the package each one needs."""
     from pgolf.artifact import build_payload
-    from pgolf.compressors import COMPRESSORS, compress
+    from pgolf.compressors import COMPRESSORS, compress, missing_package
 
     raw, table = build_payload(contents.quantized)
-    return {name: len(compress(raw, name, compressor.default_level, table))
-            for name, compressor in COMPRESSORS.items()}
+    sizes, unavailable = {}, {}
+    for name, compressor in COMPRESSORS.items():
+        package = missing_package(name)
+        if package:
+            unavailable[name] = f"needs the {package} package"
+        else:
+            sizes[name] = len(compress(raw, name, compressor.default_level, table))
+    return sizes, unavailable
 
 
 def inspect_artifact(path: Path, compare_compressors: bool = False) -> dict[str, Any]:
@@ -160,7 +167,7 @@ def inspect_artifact(path: Path, compare_compressors: bool = False) -> dict[str,
     facts["payload_sha256"] = header["payload"]["sha256"]
     report = {"artifact": str(path), "header": facts, "tensors": tensors, "categories": categories, "totals": totals}
     if compare_compressors:
-        report["compressors"] = compressor_bytes(contents)
+        report["compressors"], report["compressors_unavailable"] = compressor_bytes(contents)
     return report
 
 
@@ -217,6 +224,8 @@ def format_report(report: dict[str, Any]) -> str:
     if "compressors" in report:
         lines.append("payload bytes by compressor: " + "  ".join(
             f"{name} {size:,}" for name, size in sorted(report["compressors"].items(), key=lambda item: item[1])))
+        for name, reason in report.get("compressors_unavailable", {}).items():
+            lines.append(f"  {name}: not measured, {reason}")
     return "\n".join(lines)
 
 
