@@ -75,6 +75,27 @@ def test_minifier_keeps_names_and_drops_docstrings():
     assert "docstring" not in minified and "assert" not in minified
 
 
+CUSTOM_OP = '''
+import torch
+
+
+@torch.library.custom_op("pgolf_test::packcode_twice", mutates_args=())
+def twice(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """torch reads the op's schema from these annotations."""
+    return x * (2 * scale)
+
+
+result: float = twice(torch.ones(3), 1.5).sum().item()
+'''
+
+
+def test_a_module_defining_custom_ops_keeps_its_signatures_through_packing(tmp_path):
+    minified = minify_source(CUSTOM_OP)
+    assert "x:torch.Tensor" in minified.replace(" ", "") and "docstring" not in minified
+    (tmp_path / "ops_packed.py").write_text(pack_source(CUSTOM_OP))
+    assert load_module(tmp_path / "ops_packed.py", "ops_packed").result == 9.0
+
+
 def test_packed_quant_module_quantises_identically(tmp_path):
     from pgolf import quant
 

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ablate", help="train settings x seeds; table of differences to a control with Welch's test",
         description=(__doc__ or "").split("\n", 2)[-1].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", help="preset every cell starts from (pr198, baseline, tiny)")
+    parser.add_argument("--preset",
+                        help="preset every cell starts from (pr198, baseline, tiny, frontier, frontier-tiny)")
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                         help="a setting and its values (repeatable; cells are all combinations)")
     parser.add_argument("--one-at-a-time", action="store_true",

@@ -13,12 +13,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "DATA_PATH, TOKENIZER_PATH, RUN_ID, SEED, MAX_WALLCLOCK_SECONDS, "
                                                "ITERATIONS) and write DIR/requirements.txt beside it.")
     parser.add_argument("source", metavar="RUN_DIR_OR_PRESET",
-                        help="a run folder (its config.json) or a preset name (pr198, baseline, tiny)")
+                        help="a run folder (its config.json) or a preset name "
+                             "(pr198, baseline, tiny, frontier, frontier-tiny)")
     parser.add_argument("--out", required=True, help="folder to write train_gpt.py and requirements.txt into")
     packing = parser.add_mutually_exclusive_group()
     packing.add_argument("--compact", action="store_true",
                          help="strip docstrings and comments and compress into a self-extracting script "
-                              "(--set code_packing=lzma; the presets' default)")
+                              "(--set code_packing=lzma; the default of every preset but frontier, whose "
+                              "code_packing is minify-brotli)")
     packing.add_argument("--plain", action="store_true",
                          help="the readable bundle (--set code_packing=plain); its size is then the counted code")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

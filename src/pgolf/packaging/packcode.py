@@ -23,13 +23,20 @@ PACKERS = ("brotli", "lzma")
 
 
 def minify_source(source: str) -> str:
-    """python-minifier with the frontier's settings (names and literals untouched)."""
+    """python-minifier with the frontier's settings (names and literals untouched). A module that
+    defines torch.library custom ops keeps its argument and return annotations: torch reads each
+    op's schema from them."""
     try:
         import python_minifier
     except ImportError:
         raise PgolfError("packing code needs python-minifier (pip install python-minifier)") from None
-    return python_minifier.minify(source, remove_literal_statements=True, hoist_literals=False, rename_locals=False,
-                                  rename_globals=False, remove_asserts=True, prefer_single_line=True)
+    signatures_needed = "custom_op(" in source
+    annotations = python_minifier.RemoveAnnotationsOptions(
+        remove_variable_annotations=True, remove_return_annotations=not signatures_needed,
+        remove_argument_annotations=not signatures_needed, remove_class_attribute_annotations=False)
+    return python_minifier.minify(source, remove_annotations=annotations, remove_literal_statements=True,
+                                  hoist_literals=False, rename_locals=False, rename_globals=False,
+                                  remove_asserts=True, prefer_single_line=True)
 
 
 def _compress(data: bytes, packer: str) -> bytes:
