@@ -48,12 +48,15 @@ def embedded_config(script: Path) -> dict:
     """CONFIG_JSON of an exported script, plain or self-extracting, read without running it."""
     tree = ast.parse(script.read_text())
     call = getattr(tree.body[-1], "value", None)
-    if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "exec":  # exec(lzma.decompress(b85decode(..)))
+    if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "exec":  # exec(C.decompress(b85decode(..)))
         import base64
-        import lzma
+        import importlib
 
+        aliases = {alias.asname or alias.name: alias.name for node in tree.body if isinstance(node, ast.Import)
+                   for alias in node.names}
+        decompressor = importlib.import_module(aliases[call.args[0].func.value.id])  # lzma or brotli
         packed = call.args[0].args[0].args[0].value
-        tree = ast.parse(lzma.decompress(base64.b85decode(packed)).decode())
+        tree = ast.parse(decompressor.decompress(base64.b85decode(packed)).decode())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CONFIG_JSON":
             return json.loads(node.value.value)
@@ -352,12 +355,14 @@ def test_submit_ships_the_exported_script_and_refuses_over_budget(tmp_path, trai
 
 def test_a_script_bundles_only_the_features_its_config_uses():
     """pr198's script leaves out TTT, the tilt, GPTQ and the per-group layout (their code bytes would
-    count against the budget for nothing); frontier's carries every one of them."""
+    count against the budget for nothing); frontier's carries every one but the tilt (#1855 has none),
+    which its TTT imports only when the tilt is on."""
     from pgolf.packaging.bundle import FEATURE_MODULES, unused_feature_modules
 
     every_feature = {module for modules in FEATURE_MODULES.values() for module in modules}
     assert unused_feature_modules(get_preset("pr198")) == every_feature
-    assert unused_feature_modules(get_preset("frontier")) == frozenset()
+    assert unused_feature_modules(get_preset("frontier")) == {"pgolf.tilt"}
+    assert unused_feature_modules(replace(get_preset("frontier"), eval_tilt=True)) == frozenset()
     pr198_text, _ = build_script(replace(get_preset("pr198"), code_packing="plain"))
     assert "'pgolf.ttt'" not in pr198_text and "'pgolf.gptq'" not in pr198_text and "'pgolf.model'" in pr198_text
     frontier_text, _ = build_script(replace(get_preset("frontier"), code_packing="plain"))

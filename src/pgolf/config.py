@@ -233,7 +233,9 @@ class RunConfig:
     quant_scheme: str = "pr198"  # name in pgolf.quant.SCHEMES
     calibration_batches: int = 16  # GPTQ Hessians: batches of random train windows after training (per rank)
     calibration_batch_seqs: int = 48  # windows of train_seq_len per calibration batch
-    code_packing: str = "lzma"  # the exported train_gpt.py (counted code): "lzma", "minify-brotli" or "plain"
+    # the exported train_gpt.py (counted code): "minify-brotli" (python-minifier + brotli-11 + base85, the
+    # frontier records' form, frontier.md §5), "lzma" (docstrings and comments stripped, lzma + base85), "plain"
+    code_packing: str = "minify-brotli"
     # evaluation
     eval_seq_len: int = 2048
     eval_stride: int = 64  # == eval_seq_len means plain (non-overlapping) scoring
@@ -451,7 +453,6 @@ def frontier() -> RunConfig:
         eval_stride=2048,  # diagnostics: non-overlapping, document-isolated windows
         eval_batch_seqs=32,
         val_every=0,  # mid-run validation: never
-        code_packing="minify-brotli",  # python-minifier + brotli-11 + base85 (frontier.md §5)
         quant_scheme="frontier",  # GPTQ + SDClip, int7 embedding, LQER, per-group layout (frontier.md §5)
         calibration_batches=16,
         calibration_batch_seqs=48,

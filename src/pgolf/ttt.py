@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,9 +39,11 @@ from pgolf.distributed import DistInfo, all_reduce_sum, broadcast_object
 from pgolf.errors import PgolfError
 from pgolf.evaluate import Event, Scored, Updated, scored_nll
 from pgolf.lora import LORA_TARGETS, BatchedLoRA
-from pgolf.tilt import TiltSettings, TokenTilt
 from pgolf.ttt_plan import (Document, chunk_windows, cosine_lr, document_spans, length_batches, num_chunks,
                             phase_sequences, segment_boundaries)
+
+if TYPE_CHECKING:  # imported when the tilt stage is on (an exported script without it leaves pgolf.tilt out)
+    from pgolf.tilt import TiltSettings
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class TTTProcedure:
             raise PgolfError("test-time training needs a pgolf GPT")
         tilt = None
         if self.tilt_settings is not None:  # filled in this procedure's scoring order, not stream order
+            from pgolf.tilt import TokenTilt
+
             tilt = TokenTilt.from_tokens(tokens, self.tilt_settings, base.config.bos_id, online=True)
         self.timings = {"score_seconds": 0.0, "update_seconds": 0.0, "global_phase_seconds": 0.0}
         run = _TTTRun(base, tokens, self.settings, dist, self.autocast_dtype, tilt, record, progress, self.timings)

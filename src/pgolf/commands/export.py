@@ -18,9 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="folder to write train_gpt.py and requirements.txt into")
     packing = parser.add_mutually_exclusive_group()
     packing.add_argument("--compact", action="store_true",
-                         help="strip docstrings and comments and compress into a self-extracting script "
-                              "(--set code_packing=lzma; the default of every preset but frontier, whose "
-                              "code_packing is minify-brotli)")
+                         help="minify (python-minifier), brotli-11 and base85 into a two-line self-extracting "
+                              "script (--set code_packing=minify-brotli; every preset's default)")
     packing.add_argument("--plain", action="store_true",
                          help="the readable bundle (--set code_packing=plain); its size is then the counted code")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -31,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pgolf.packaging.export import export_script
 
-    overrides = args.overrides + (["code_packing=lzma"] if args.compact else []) + \
+    overrides = args.overrides + (["code_packing=minify-brotli"] if args.compact else []) + \
         (["code_packing=plain"] if args.plain else [])
     script = export_script(args.source, Path(args.out), overrides=overrides)
     print(f"wrote {script} ({script.stat().st_size} bytes of code)")

@@ -21,7 +21,7 @@ ENTRY_MODULES: tuple[str, ...] = ("pgolf.train", "pgolf.packaging.entry")
 # not use the feature leaves them out, and its code bytes do not pay for them
 FEATURE_MODULES: dict[str, tuple[str, ...]] = {
     "ttt": ("pgolf.ttt", "pgolf.ttt_plan", "pgolf.lora"),  # eval_procedure "ttt"
-    "tilt": ("pgolf.tilt",),  # eval_tilt, or TTT (which imports it)
+    "tilt": ("pgolf.tilt",),  # eval_tilt
     "calibrated": ("pgolf.gptq", "pgolf.hessians"),  # a calibrated quantisation scheme
     "pergroup": ("pgolf.pergroup",),  # the per-group compressor
 }
@@ -32,7 +32,7 @@ def unused_feature_modules(config) -> frozenset[str]:
     from pgolf.calibrated import CalibratedScheme, get_any_scheme
 
     scheme = get_any_scheme(config.quant_scheme)
-    used = {"ttt": config.eval_procedure == "ttt", "tilt": config.eval_tilt or config.eval_procedure == "ttt",
+    used = {"ttt": config.eval_procedure == "ttt", "tilt": config.eval_tilt,
             "calibrated": isinstance(scheme, CalibratedScheme), "pergroup": scheme.compressor == "pergroup"}
     return frozenset(module for feature, modules in FEATURE_MODULES.items() if not used[feature]
                      for module in modules)

@@ -17,7 +17,7 @@ The config's `code_packing` decides the form: "plain" is the readable
 bundle; "lzma" strips docstrings and comments (via `ast.unparse`) and wraps
 the result in an LZMA + base85 self-extractor; "minify-brotli" minifies with
 python-minifier and wraps a brotli + base85 self-extractor (the frontier
-records' form; the run then needs brotli). Either way the counted code
+records' form and every preset's; the run then needs brotli). Either way the counted code
 size is the size of the file written, which the script itself reports
 (`run_training(code_path=...)`), and which `exported_code_bytes` gives
 `pgolf train` for the same config. `requirements.txt` beside it names the
@@ -197,8 +197,8 @@ def exported_code_bytes(config: RunConfig) -> int:
 
 
 def artifact_code_bytes(header: dict) -> int:
-    """Code bytes for an artifact alone (no run folder at hand): the plain script of a run config holding
-    the artifact's model config and scheme. A run's own figure is `bytes_code` in its result.json."""
+    """Code bytes for an artifact alone (no run folder at hand): the script, packed the default way, of a
+    run config holding the artifact's model config and scheme. A run's own figure is `bytes_code` in its result.json."""
     from pgolf.config import RunConfig, model_config_from_dict
 
     config = RunConfig(model=model_config_from_dict(header["model_config"]), quant_scheme=str(header["scheme"]),
