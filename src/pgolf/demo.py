@@ -60,7 +60,8 @@ def summary_rows(result: dict[str, Any], corpus: dict[str, Any], wall_seconds: f
     uniform = bits_per_byte(math.log(1024) * result["val_tokens_scored"], max(result["val_bytes_scored"], 1))
     return [
         ("corpus", f"{corpus['documents']:,} docs, {corpus['bytes']:,} bytes (Python stdlib docstrings)"),
-        ("val bpb, before quantisation (plain)", f"{result['val_bpb_prequant']:.4f}"),
+        ("val bpb, live weights at the last step (plain)", f"{result['val_bpb_prequant']:.4f}"),
+        ("val bpb, averaged (SWA), before quantisation (plain)", f"{result['val_bpb_averaged']:.4f}"),
         ("val bpb, after round trip (plain)", f"{result['val_bpb_roundtrip_plain']:.4f}"),
         (f"val bpb, after round trip (sliding, stride {result['eval_stride']})", f"{result['val_bpb']:.4f}"),
         ("val bpb of a uniform model (for scale)", f"{uniform:.4f}"),
