@@ -22,8 +22,8 @@ from pgolf.config import get_preset, run_config_from_dict, run_config_to_dict, r
 from pgolf.errors import PgolfError
 from pgolf.packaging.bundle import bundled_modules, requirement_lines, third_party_imports
 from pgolf.packaging.entry import DEFAULT_DATA_PATH, closing_lines, config_from_environment, run_id_from_environment
-from pgolf.packaging.export import (build_script, export_script, exported_code_bytes, resolve_export_config,
-                                    self_extracting, strip_source)
+from pgolf.packaging.export import build_script, export_script, exported_code_bytes, resolve_export_config, strip_source
+from pgolf.packaging.packcode import pack_source
 
 REFERENCE_CODE_BYTES = 66_133  # the PR-198 sibling run's train_gpt.py (spec §5)
 
@@ -196,7 +196,7 @@ def test_strip_source_removes_docstrings_and_comments_but_not_behaviour():
 
 def test_self_extracting_script_runs_in_the_scripts_globals():
     inner = "RESULT = (__name__, __file__, sum(range(10)))\n" + "# padding that compresses well\n" * 200
-    wrapper = self_extracting(inner)
+    wrapper = pack_source(inner, "lzma", minify=False)  # the "lzma" code packing
     assert len(wrapper) < len(inner)
     namespace = {"__name__": "__main__", "__file__": "/records/train_gpt.py"}
     exec(compile(wrapper, "train_gpt.py", "exec", dont_inherit=True), namespace)

@@ -27,9 +27,7 @@ third-party distributions the bundled modules import (torch aside).
 from __future__ import annotations
 
 import ast
-import base64
 import json
-import lzma
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -57,13 +55,6 @@ def strip_source(source: str) -> str:
                 if not body and not isinstance(node, ast.Module):
                     body.append(ast.Pass())
     return ast.unparse(tree) + "\n"
-
-
-def self_extracting(source: str) -> str:
-    """A two-line script that decompresses `source` and runs it in its own globals (so `__file__`
-    and `__name__` stay the script's)."""
-    packed = lzma.compress(source.encode("utf-8"), format=lzma.FORMAT_ALONE, preset=9 | lzma.PRESET_EXTREME)
-    return f"import lzma,base64\nexec(lzma.decompress(base64.b85decode('{base64.b85encode(packed).decode()}')))\n"
 
 
 # ---------------------------------------------------------------- the script
@@ -182,7 +173,7 @@ def build_script(config: RunConfig) -> tuple[str, list[str]]:
     if config.code_packing == "lzma":
         stripped = {module: strip_source(source) for module, source in sources.items()}
         inner = strip_source(render_script(config, modules, stripped, requirements))
-        return self_extracting(inner), requirements
+        return pack_source(inner, "lzma", minify=False), requirements
     # "minify-brotli", the frontier records' form (frontier.md §5): every module minified, the bundle
     # minified again, brotli-11, base85; the stub imports brotli, so the run needs it too
     requirements = sorted({*requirements, *requirement_lines(["brotli"])}, key=str.lower)

@@ -44,8 +44,8 @@ def _compress(data: bytes, packer: str) -> bytes:
         import brotli
 
         return brotli.compress(data, quality=11)
-    if packer == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    if packer == "lzma":  # the .lzma container: its header is smaller than xz's; lzma.decompress reads both
+        return lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9 | lzma.PRESET_EXTREME)
     raise PgolfError(f"unknown code packer {packer!r}; known: {', '.join(PACKERS)}")
 
 
